@@ -1,0 +1,53 @@
+"""smf for Python: low-latency RPC with FlatBuffers stubs, wire-compatible with C++ smf."""
+
+from .client import Backoff, Client, ClientStats, SessionTable
+from .context import CallContext
+from .errors import (
+    BadRequest,
+    ConnectionLost,
+    DeadlineExceeded,
+    FrameError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    RpcError,
+    SmfError,
+    Unavailable,
+    Unimplemented,
+    Unsupported,
+)
+from .loop import new_event_loop, run
+from .router import Handler, Payload, Service, ServiceRouter
+from .server import Server, ServerStats
+from .wire import Compression, FrameDecoder, Status
+
+__all__ = [
+    "Backoff",
+    "BadRequest",
+    "CallContext",
+    "Client",
+    "ClientStats",
+    "Compression",
+    "ConnectionLost",
+    "DeadlineExceeded",
+    "FrameDecoder",
+    "FrameError",
+    "Handler",
+    "InternalError",
+    "NotFound",
+    "Payload",
+    "PayloadTooLarge",
+    "RpcError",
+    "Server",
+    "ServerStats",
+    "Service",
+    "ServiceRouter",
+    "SessionTable",
+    "SmfError",
+    "Status",
+    "Unavailable",
+    "Unimplemented",
+    "Unsupported",
+    "new_event_loop",
+    "run",
+]

@@ -1,0 +1,389 @@
+"""The RPC client: many calls in flight on one connection, matched by session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from .errors import ConnectionLost, DeadlineExceeded, FrameError, PayloadTooLarge, RpcError
+from .router import Payload
+from .transport import FramedConnection
+from .wire import HEADER, MAX_SESSION, Event, Frame, FrameDecoder, checksum
+
+log = logging.getLogger("smf.client")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Sentinel: use the client's default timeout."""
+
+_CallResult = asyncio.Future[Frame]
+
+
+class SessionTable:
+    """Session id → pending call. Ids run 1..65535 round-robin, so an id freed by a
+    cancelled or timed-out call is reused as late as possible; an id still in flight is
+    never handed out, and ``acquire`` waits when all 65535 are in use."""
+
+    def __init__(self, capacity: int = MAX_SESSION) -> None:
+        if not 1 <= capacity <= MAX_SESSION:
+            raise ValueError(f"capacity must be within 1..{MAX_SESSION}")
+        self.capacity = capacity
+        self.pending: dict[int, _CallResult] = {}
+        self._next = 1
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def try_allocate(self, future: _CallResult) -> int:
+        """A free session bound to ``future``, or 0 when all are in use."""
+        pending = self.pending
+        if len(pending) >= self.capacity:
+            return 0
+        session = self._next
+        while session in pending:
+            session = session + 1 if session < self.capacity else 1
+        self._next = session + 1 if session < self.capacity else 1
+        pending[session] = future
+        return session
+
+    async def allocate(self, future: _CallResult) -> int:
+        session = self.try_allocate(future)
+        while not session:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            session = self.try_allocate(future)
+        return session
+
+    def pop(self, session: int) -> _CallResult | None:
+        return self.pending.pop(session, None)
+
+    def release(self, session: int, future: _CallResult) -> None:
+        """Free ``session`` if it still belongs to ``future``."""
+        if self.pending.get(session) is future:
+            del self.pending[session]
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def fail_all(self, exc: BaseException) -> None:
+        pending = self.pending
+        self.pending = {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+
+@dataclass
+class ClientStats:
+    calls: int = 0
+    late_replies: int = 0  # answers to calls that timed out or were cancelled
+    timeouts: int = 0
+    reconnects: int = 0
+    connection_losses: int = 0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential reconnect backoff with full jitter (delays in seconds)."""
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2  # each delay is drawn from [d * (1 - jitter), d]
+
+    def delays(self, rng: Callable[[], float] = random.random) -> _DelayIterator:
+        return _DelayIterator(self, rng)
+
+
+class _DelayIterator:
+    def __init__(self, backoff: Backoff, rng: Callable[[], float]) -> None:
+        self._b = backoff
+        self._rng = rng
+        self._next = backoff.initial
+
+    def __iter__(self) -> _DelayIterator:
+        return self
+
+    def __next__(self) -> float:
+        d = self._next
+        self._next = min(d * self._b.multiplier, self._b.maximum)
+        return d * (1.0 - self._b.jitter * self._rng())
+
+
+class ClientConnection(FramedConnection):
+    def __init__(self, client: Client) -> None:
+        super().__init__(
+            FrameDecoder(client.max_body_size, buffer_size=client.buffer_size),
+            client.body_timeout,
+        )
+        self.client = client
+        self.sessions = SessionTable(client.max_sessions)
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+
+    def event_received(self, event: Event) -> None:
+        future = self.sessions.pop(event.session)
+        if future is None or future.done():
+            self.client.stats.late_replies += 1
+            if isinstance(event, Frame):
+                event.body.release()
+            return
+        if isinstance(event, Frame):
+            future.set_result(event)
+        else:
+            future.set_exception(
+                PayloadTooLarge(
+                    f"response of {event.size} bytes is above the client's maximum of "
+                    f"{self.client.max_body_size} bytes"
+                )
+            )
+
+    def frame_error(self, error: FrameError) -> None:
+        log.warning("closing connection to %s: %s", self.peer, error)
+        self._fail(ConnectionLost(f"server {self.peer} sent a bad frame: {error}"))
+        self.abort()
+
+    def stalled(self) -> None:
+        self._fail(ConnectionLost(f"server {self.peer} stopped mid-frame for {self.body_timeout}s"))
+        self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        why = f": {exc}" if exc else ""
+        self._fail(ConnectionLost(f"connection to {self.client.address} lost{why}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.client._connection_lost(self)
+
+    def _fail(self, exc: ConnectionLost) -> None:
+        self.closed = True
+        self.sessions.fail_all(exc)
+        self.sessions._wake_one()
+
+
+class Client:
+    """An smf RPC client over one connection (TCP or Unix socket).
+
+    ``timeout`` is every call's default (seconds; ``None`` waits forever). With
+    ``reconnect`` set (``True`` or a ``Backoff``), a lost connection is re-established
+    in the background with exponential backoff and jitter; calls issued meanwhile wait
+    for it within their own timeout. Without it, they fail with ``ConnectionLost``.
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        unix_path: str | None = None,
+        timeout: float | None = 10.0,
+        connect_timeout: float = 5.0,
+        reconnect: bool | Backoff = False,
+        max_body_size: int = 64 * 1024 * 1024,
+        max_sessions: int = MAX_SESSION,
+        body_timeout: float | None = 30.0,
+        buffer_size: int = 256 * 1024,
+    ) -> None:
+        if (unix_path is None) == (host is None or port is None):
+            raise ValueError("give either host and port, or unix_path")
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.backoff: Backoff | None = (
+            Backoff() if reconnect is True else (reconnect if reconnect else None)
+        )
+        self.max_body_size = max_body_size
+        self.max_sessions = max_sessions
+        self.body_timeout = body_timeout
+        self.buffer_size = buffer_size
+        self.stats = ClientStats()
+        self._conn: ClientConnection | None = None
+        self._connected: asyncio.Event | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._conn.sessions) if self._conn is not None else 0
+
+    # ------------------------------------------------------------------ connecting
+
+    async def connect(self) -> None:
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        if self._connected is None:
+            self._connected = asyncio.Event()
+        if self.connected:
+            return
+        self._conn = await self._open()
+        self._connected.set()
+
+    async def _open(self) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.unix_path is not None:
+                    _, proto = await loop.create_unix_connection(
+                        lambda: ClientConnection(self), self.unix_path
+                    )
+                else:
+                    assert self.host is not None and self.port is not None
+                    _, proto = await loop.create_connection(
+                        lambda: ClientConnection(self), self.host, self.port
+                    )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {self.address}: {exc or 'timed out'}") from exc
+        return proto
+
+    def _connection_lost(self, conn: ClientConnection) -> None:
+        if conn is not self._conn:
+            return
+        self.stats.connection_losses += 1
+        if self._connected is not None:
+            self._connected.clear()
+        if self.backoff is not None and not self._closed and self._reconnect_task is None:
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        assert self.backoff is not None and self._connected is not None
+        try:
+            for delay in self.backoff.delays():
+                await asyncio.sleep(delay)
+                if self._closed:
+                    return
+                try:
+                    self._conn = await self._open()
+                except ConnectionLost as exc:
+                    log.info("reconnect to %s failed: %s", self.address, exc)
+                    continue
+                self.stats.reconnects += 1
+                self._connected.set()
+                return
+        finally:
+            self._reconnect_task = None
+
+    async def _ready_connection(self, timeout: float | None) -> ClientConnection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        if self._connected is None:  # never connected: connect on first use
+            await self.connect()
+        elif self._reconnect_task is None:
+            raise ConnectionLost(f"not connected to {self.address}")
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise ConnectionLost(
+                    f"not connected to {self.address} (reconnecting) within {timeout}s"
+                ) from None
+        assert self._conn is not None
+        return self._conn
+
+    # ------------------------------------------------------------------ calling
+
+    async def call(
+        self,
+        wire_id: int,
+        payload: Payload,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> memoryview:
+        """Send one request and return the response body (a view over this client's
+        receive buffer, valid while you hold it). Non-200 statuses raise ``RpcError``
+        subclasses; connection loss raises ``ConnectionLost``; the timeout raises
+        ``DeadlineExceeded``."""
+        t: float | None = self.timeout if isinstance(timeout, _Default) else timeout
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._ready_connection(t)
+        loop = conn.loop
+        future: _CallResult = loop.create_future()
+        sessions = conn.sessions
+        session = sessions.try_allocate(future) or await sessions.allocate(future)
+        if conn.closed:
+            sessions.release(session, future)
+            raise ConnectionLost(f"connection to {self.address} lost")
+        size = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+        conn.send(HEADER.pack(0, 0, session, size, checksum(payload), wire_id), payload)
+        self.stats.calls += 1
+        timer = None if t is None else loop.call_later(t, _expire, future, t)
+        try:
+            frame = await future
+        except DeadlineExceeded:
+            self.stats.timeouts += 1
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            sessions.release(session, future)
+        if frame.meta == 200:
+            return frame.body
+        message = bytes(frame.body).decode("utf-8", "replace")
+        frame.body.release()
+        raise RpcError.from_status(frame.meta, message)
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect_task
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _expire(future: _CallResult, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"no response within {timeout}s (client timeout)"))

@@ -1,0 +1,56 @@
+"""Maps wire ids to handlers. Generated service classes plug in here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
+
+from .context import CallContext
+
+Payload = bytes | bytearray | memoryview
+"""A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
+
+Handler = Callable[[CallContext, memoryview], Awaitable[Payload]]
+"""``await handler(ctx, request_body) -> response_body``. Raise ``smf.RpcError`` (or a
+subclass) to answer with its status; ``NotImplementedError`` answers 501; any other
+exception answers 500 with the error text."""
+
+
+class Service(Protocol):
+    """Anything that names itself and maps wire ids to handlers (generated code does)."""
+
+    service_name: str
+
+    def method_handlers(self) -> Mapping[int, Handler]: ...
+
+
+class ServiceRouter:
+    """The server's wire id → (handler, "Service.Method") table."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, Handler] = {}
+        self._owners: dict[int, str] = {}
+
+    def add_service(self, service: Service) -> None:
+        handlers = service.method_handlers()
+        for wire_id in handlers:
+            if wire_id in self._handlers:
+                raise ValueError(
+                    f"wire id {wire_id} of service {service.service_name!r} is already "
+                    f"served by {self._owners[wire_id]!r}"
+                )
+        for wire_id, handler in handlers.items():
+            self._handlers[wire_id] = handler
+            self._owners[wire_id] = service.service_name
+
+    def add_handler(self, wire_id: int, handler: Handler, owner: str = "?") -> None:
+        if wire_id in self._handlers:
+            raise ValueError(f"wire id {wire_id} is already served by {self._owners[wire_id]!r}")
+        self._handlers[wire_id] = handler
+        self._owners[wire_id] = owner
+
+    def get(self, wire_id: int) -> Handler | None:
+        return self._handlers.get(wire_id)
+
+    def wire_ids(self) -> Iterable[int]:
+        return self._handlers.keys()

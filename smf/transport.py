@@ -1,0 +1,218 @@
+"""The asyncio adapter shared by server and client connections.
+
+A thin ``BufferedProtocol`` around ``FrameDecoder``: the kernel reads straight into
+the decoder's buffer (``get_buffer``/``buffer_updated``), frames are pulled one at a
+time so a subclass can stop pulling (backpressure) without dropping bytes, and
+outgoing frames queued in one event-loop iteration leave in one ``writelines``
+(one ``writev`` on uvloop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from .errors import FrameError
+from .router import Payload
+from .wire import Event, FrameDecoder
+
+
+class FramedConnection(asyncio.BufferedProtocol):
+    """Base protocol: decoding, write coalescing, stall detection and read pausing.
+
+    Subclasses implement ``event_received`` (one frame or oversized header),
+    ``frame_error`` (the peer broke the protocol) and may override ``can_pull`` to
+    apply backpressure: while it returns False, no further events are pulled and the
+    socket is not read; call ``resume_pulling`` when it may turn True again.
+    """
+
+    def __init__(self, decoder: FrameDecoder, body_timeout: float | None) -> None:
+        self.decoder = decoder
+        self.body_timeout = body_timeout
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.closed = False
+        self._out: list[Payload] = []
+        self._release: list[memoryview] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._events_seen = 0  # frames completed; the stall timer watches it move
+
+    # ------------------------------------------------------------------ asyncio protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses but have its API.
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}" if ":" not in peer[0] else f"[{peer[0]}]:{peer[1]}"
+        elif peer:
+            self.peer = str(peer)
+        else:
+            sock = transport.get_extra_info("sockname")
+            self.peer = f"unix:{sock}" if sock else "unix"
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.decoder.buffer_updated(nbytes)
+        self._pull()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out.clear()
+        self._release_views()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    # ------------------------------------------------------------------ hooks
+
+    def event_received(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def frame_error(self, error: FrameError) -> None:
+        raise NotImplementedError
+
+    def can_pull(self) -> bool:
+        return True
+
+    def stalled(self) -> None:
+        """The peer began a frame and did not finish it within ``body_timeout``."""
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _pull(self) -> None:
+        decoder = self.decoder
+        while not self.closed:
+            if not self.can_pull():
+                self._pause_reading()
+                return
+            try:
+                event = decoder.next_event()
+            except FrameError as error:
+                self.frame_error(error)
+                return
+            if event is None:
+                break
+            self._events_seen += 1
+            self.event_received(event)
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        if decoder.mid_frame and self.body_timeout is not None and self._stall_handle is None:
+            self._stall_handle = self.loop.call_later(
+                self.body_timeout, self._check_stall, self._events_seen
+            )
+
+    def resume_pulling(self) -> None:
+        """Backpressure lifted: pull what is buffered and read the socket again."""
+        if not self.closed:
+            self._pull()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _check_stall(self, events_at_arming: int) -> None:
+        self._stall_handle = None
+        if self.closed or not self.decoder.mid_frame:
+            return
+        if self._events_seen == events_at_arming and not self._reading_paused:
+            self.stalled()
+            return
+        # Progress was made, or we are the ones not reading: watch the next frame.
+        assert self.body_timeout is not None
+        self._stall_handle = self.loop.call_later(
+            self.body_timeout, self._check_stall, self._events_seen
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def send(self, header: bytes, body: Payload) -> None:
+        """Queue one frame; everything queued in this loop iteration leaves together."""
+        if self.closed:
+            return
+        out = self._out
+        out.append(header)
+        out.append(body)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self.closed or self.transport is None:
+            return
+        out = self._out
+        self._out = []
+        self.transport.writelines(out)
+        if self._release:
+            self._release_views()
+
+    def release_after_flush(self, view: memoryview) -> None:
+        """Release ``view`` once what is queued now has been handed to the transport."""
+        if self.closed:
+            with contextlib.suppress(BufferError):
+                view.release()
+        else:
+            self._release.append(view)
+
+    def _release_views(self) -> None:
+        views = self._release
+        self._release = []
+        for view in views:
+            # BufferError: the transport still holds it for a pending write; it stays
+            # valid (nothing reuses its memory while any view is alive).
+            with contextlib.suppress(BufferError):
+                view.release()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self._write_paused and not self.closed:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def close(self) -> None:
+        """Flush what is queued, then close."""
+        if self.transport is not None and not self.transport.is_closing():
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def extra(self, name: str) -> Any:
+        return self.transport.get_extra_info(name) if self.transport is not None else None

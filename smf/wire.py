@@ -1,0 +1,314 @@
+"""The smf wire format, sans-IO: headers, checksums, statuses and the frame decoder.
+
+Nothing here touches a socket or an event loop. Bytes go in (``get_buffer`` /
+``buffer_updated`` for zero-copy reads, or ``receive_data``), events come out
+(``next_event``).
+
+Body views and their lifetime
+-----------------------------
+A ``Frame.body`` is a ``memoryview`` slice of the decoder's own receive buffer: the
+kernel wrote the bytes there and nobody copied them since. The decoder never
+overwrites bytes under a live view: before it reuses a buffer it checks (through
+``bytearray``'s export count, which the interpreter keeps exactly) that no view into
+it is alive; otherwise it moves on to a fresh buffer and the old one lives as long
+as its last view. So a view stays valid for as long as you hold it, and holding one
+pins its whole receive buffer (``buffer_size`` bytes): copy with ``bytes(view)`` what
+you keep past the call. The server releases a request's view when its handler
+returns, so a handler that stashes the request and reads it later fails loudly
+(``ValueError: operation forbidden on released memoryview object``) instead of
+reading someone else's bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Final, NoReturn
+
+import xxhash
+
+from .errors import (
+    BadCompression,
+    BadFlags,
+    BadMeta,
+    BadSize,
+    ChecksumMismatch,
+    FrameError,
+    FrameTooLarge,
+)
+
+HEADER: Final = struct.Struct("<bBHIII")
+HEADER_SIZE: Final = HEADER.size  # 16
+MAX_BODY_SIZE: Final = 0xFFFFFFFF
+MAX_SESSION: Final = 0xFFFF
+
+FLAG_PAYLOAD_HEADERS: Final = 0x01
+_KNOWN_FLAGS: Final = FLAG_PAYLOAD_HEADERS
+
+
+class Compression(IntEnum):
+    NONE = 0
+    DISABLED = 1  # treated as NONE on receipt; tells outgoing filters not to compress
+    ZSTD = 2
+    LZ4 = 3
+
+
+class Status(IntEnum):
+    OK = 200
+    BAD_REQUEST = 400
+    NOT_FOUND = 404
+    DEADLINE_EXCEEDED = 408
+    PAYLOAD_TOO_LARGE = 413
+    INTERNAL_ERROR = 500
+    NOT_IMPLEMENTED = 501
+    UNAVAILABLE = 503
+    UNSUPPORTED = 505
+
+
+_xxh64 = xxhash.xxh64_intdigest
+
+
+def checksum(body: bytes | bytearray | memoryview) -> int:
+    """The header checksum of ``body``: ``xxhash64(body, seed=0) & 0xFFFFFFFF``."""
+    return _xxh64(body) & 0xFFFFFFFF
+
+
+def encode_header(
+    session: int,
+    meta: int,
+    body: bytes | bytearray | memoryview,
+    compression: int = Compression.NONE,
+    flags: int = 0,
+) -> bytes:
+    """The 16-byte header for ``body``; send it followed by ``body`` itself (no join needed)."""
+    size = len(body) if not isinstance(body, memoryview) else body.nbytes
+    if size == 0:
+        raise BadSize(0)
+    if size > MAX_BODY_SIZE:
+        raise FrameTooLarge(size, MAX_BODY_SIZE)
+    if meta == 0:
+        raise BadMeta(0)
+    return HEADER.pack(compression, flags, session, size, _xxh64(body) & 0xFFFFFFFF, meta)
+
+
+def encode_frame(
+    session: int,
+    meta: int,
+    body: bytes | bytearray | memoryview,
+    compression: int = Compression.NONE,
+    flags: int = 0,
+) -> bytes:
+    """Header and body as one ``bytes`` (copies the body: for tests and small frames)."""
+    return encode_header(session, meta, body, compression, flags) + bytes(body)
+
+
+class Frame:
+    """One complete frame. ``body`` is a view into the decoder's buffer (see module doc)."""
+
+    __slots__ = ("body", "compression", "flags", "meta", "session")
+
+    def __init__(
+        self, compression: int, flags: int, session: int, meta: int, body: memoryview
+    ) -> None:
+        self.compression = compression
+        self.flags = flags
+        self.session = session
+        self.meta = meta
+        self.body = body
+
+    @property
+    def size(self) -> int:
+        return self.body.nbytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(session={self.session}, meta={self.meta}, size={self.size}, "
+            f"compression={self.compression}, flags={self.flags})"
+        )
+
+
+class OversizedFrame:
+    """A frame whose size is above the decoder's maximum. Its body is being skipped as it
+    streams in (never buffered); the connection stays usable. Answer it with 413."""
+
+    __slots__ = ("compression", "flags", "meta", "session", "size")
+
+    def __init__(self, compression: int, flags: int, session: int, meta: int, size: int) -> None:
+        self.compression = compression
+        self.flags = flags
+        self.session = session
+        self.meta = meta
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"OversizedFrame(session={self.session}, meta={self.meta}, size={self.size})"
+
+
+Event = Frame | OversizedFrame
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames, validating every header and checksum.
+
+    Feed bytes either zero-copy (``buf = get_buffer(n)``; write into ``buf``;
+    ``buffer_updated(k)``) or by copy (``receive_data(data)``), then call
+    ``next_event()`` until it returns ``None``. After a ``FrameError`` the stream
+    cannot be resynchronised: every later call raises the same error.
+
+    ``max_body_size``: frames above it become ``OversizedFrame`` events and their
+    bodies are discarded as they arrive (``skip_oversized=True``) or raise
+    ``FrameTooLarge`` (``skip_oversized=False``).
+    """
+
+    def __init__(
+        self,
+        max_body_size: int = 64 * 1024 * 1024,
+        *,
+        buffer_size: int = 256 * 1024,
+        skip_oversized: bool = True,
+    ) -> None:
+        if buffer_size < 2 * HEADER_SIZE:
+            raise ValueError(f"buffer_size must be at least {2 * HEADER_SIZE}")
+        self.max_body_size = max_body_size
+        self.buffer_size = buffer_size
+        self.skip_oversized = skip_oversized
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # first free byte
+        self._skip = 0  # bytes of an oversized body still to discard
+        self._scratch: bytearray | None = None  # where skipped bytes land
+        self._into_scratch = False  # did the last get_buffer hand out the scratch?
+        self._error: FrameError | None = None
+        self.buffers_allocated = 1  # fresh buffers taken because views pinned the old one
+
+    # ------------------------------------------------------------------ input
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A writable view for the next read. Pass the count written to ``buffer_updated``."""
+        if self._skip and self._start == self._end:
+            # Nothing is buffered and the next bytes belong to a body we discard.
+            if self._scratch is None:
+                self._scratch = bytearray(min(self.buffer_size, 64 * 1024))
+            self._into_scratch = True
+            return memoryview(self._scratch)[: min(self._skip, len(self._scratch))]
+        self._into_scratch = False
+        free = len(self._buf) - self._end
+        need = self._bytes_needed()
+        if free < need or free < self.buffer_size // 8:
+            self._make_room(need)
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes < 0:
+            raise ValueError("nbytes must be >= 0")
+        if self._into_scratch:
+            self._into_scratch = False
+            self._skip -= min(nbytes, self._skip)
+            return
+        if self._end + nbytes > len(self._buf):
+            raise ValueError("buffer_updated beyond the buffer handed out by get_buffer")
+        self._end += nbytes
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Copying input, for tests and for transports without buffered reads."""
+        mv = memoryview(data).cast("B")
+        while mv:
+            buf = self.get_buffer(len(mv))
+            n = min(len(buf), len(mv))
+            buf[:n] = mv[:n]
+            self.buffer_updated(n)
+            mv = mv[n:]
+
+    # ------------------------------------------------------------------ output
+
+    def next_event(self) -> Event | None:
+        """The next complete frame (or oversized header), ``None`` until more bytes arrive."""
+        if self._error is not None:
+            raise self._error
+        start = self._start
+        avail = self._end - start
+        if self._skip:
+            n = min(self._skip, avail)
+            self._skip -= n
+            self._start = start = start + n
+            avail -= n
+            if self._skip:
+                return None
+        if avail < HEADER_SIZE:
+            return None
+        compression, flags, session, size, csum, meta = HEADER.unpack_from(self._buf, start)
+        if not 0 <= compression <= 3:
+            self._fail(BadCompression(compression))
+        if flags & ~_KNOWN_FLAGS:
+            self._fail(BadFlags(flags))
+        if size == 0:
+            self._fail(BadSize(size))
+        if meta == 0:
+            self._fail(BadMeta(meta))
+        if size > self.max_body_size:
+            if not self.skip_oversized:
+                self._fail(FrameTooLarge(size, self.max_body_size))
+            self._start = start + HEADER_SIZE
+            self._skip = size
+            return OversizedFrame(compression, flags, session, meta, size)
+        end = start + HEADER_SIZE + size
+        if end > self._end:
+            return None
+        body = self._view[start + HEADER_SIZE : end]
+        actual = _xxh64(body) & 0xFFFFFFFF
+        if actual != csum:
+            body.release()
+            self._fail(ChecksumMismatch(csum, actual))
+        self._start = end
+        return Frame(compression, flags, session, meta, body)
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived but not all of it (for stall timeouts)."""
+        return self._start != self._end or self._skip > 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return self._end - self._start
+
+    # ------------------------------------------------------------------ internals
+
+    def _fail(self, error: FrameError) -> NoReturn:
+        self._error = error
+        raise error
+
+    def _bytes_needed(self) -> int:
+        """Free bytes needed to finish the frame in progress (at least one header)."""
+        avail = self._end - self._start
+        if avail >= HEADER_SIZE:
+            size: int = HEADER.unpack_from(self._buf, self._start)[3]
+            if size <= self.max_body_size:
+                return max(HEADER_SIZE + size - avail, 1)
+        return HEADER_SIZE - avail if avail < HEADER_SIZE else 1
+
+    def _make_room(self, need: int) -> None:
+        pending = self._end - self._start
+        capacity = max(self.buffer_size, pending + need)
+        old = self._buf
+        self._view.release()
+        try:
+            # Resizing a bytearray fails while any view of it is alive: exactly the test
+            # for "no frame body handed out from this buffer is still in use".
+            old.append(0)
+            del old[-1]
+            reusable = len(old) >= capacity
+        except BufferError:
+            reusable = False
+        if reusable:
+            old[:pending] = old[self._start : self._end]
+            self._buf = old
+        else:
+            new = bytearray(capacity)
+            new[:pending] = old[self._start : self._end]
+            self._buf = new
+            self.buffers_allocated += 1
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = pending
