@@ -217,6 +217,7 @@ class FrameDecoder:
             buf = self.get_buffer(len(mv))
             n = min(len(buf), len(mv))
             buf[:n] = mv[:n]
+            buf.release()  # so this buffer can be reused by the next get_buffer
             self.buffer_updated(n)
             mv = mv[n:]
 
