@@ -6,15 +6,37 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
-from .errors import ConnectionLost, DeadlineExceeded, FrameError, PayloadTooLarge, RpcError
+from . import headers
+from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
+from .errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    FrameError,
+    PayloadTooLarge,
+    RpcError,
+    Unsupported,
+)
+from .filters.base import Filter, Message, run_chain
+from .metrics import MethodTable
 from .router import Payload
 from .transport import FramedConnection
-from .wire import HEADER, MAX_SESSION, Event, Frame, FrameDecoder, checksum
+from .wire import (
+    FLAG_PAYLOAD_HEADERS,
+    HEADER,
+    MAX_SESSION,
+    Compression,
+    Event,
+    Frame,
+    FrameDecoder,
+    checksum,
+    checksum_parts,
+)
 
 log = logging.getLogger("smf.client")
 
@@ -176,6 +198,10 @@ class ClientConnection(FramedConnection):
             self.lost.set_result(None)
         self.client._connection_lost(self)
 
+    @property
+    def is_server(self) -> bool:  # FilterSide
+        return False
+
     def _fail(self, exc: ConnectionLost) -> None:
         self.closed = True
         self.sessions.fail_all(exc)
@@ -204,6 +230,7 @@ class Client:
         max_sessions: int = MAX_SESSION,
         body_timeout: float | None = 30.0,
         buffer_size: int = 256 * 1024,
+        filters: Iterable[Filter] = (),
     ) -> None:
         if (unix_path is None) == (host is None or port is None):
             raise ValueError("give either host and port, or unix_path")
@@ -220,6 +247,8 @@ class Client:
         self.body_timeout = body_timeout
         self.buffer_size = buffer_size
         self.stats = ClientStats()
+        self.filters: list[Filter] = list(filters)
+        self.methods = MethodTable()
         self._conn: ClientConnection | None = None
         self._connected: asyncio.Event | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -322,12 +351,26 @@ class Client:
         payload: Payload,
         *,
         timeout: float | _Default | None = DEFAULT,
+        metadata: Mapping[str, str] | None = None,
     ) -> memoryview:
         """Send one request and return the response body (a view over this client's
-        receive buffer, valid while you hold it). Non-200 statuses raise ``RpcError``
-        subclasses; connection loss raises ``ConnectionLost``; the timeout raises
-        ``DeadlineExceeded``."""
-        t: float | None = self.timeout if isinstance(timeout, _Default) else timeout
+        receive buffer, valid while you hold it).
+
+        ``timeout`` (seconds) defaults to the client's; inside a handler, the call also
+        inherits what is left of the handler's deadline. An explicit or inherited
+        deadline travels to the server (payload header ``smf-timeout-us``), which
+        cancels the handler when it passes; the client's default timeout stays a local
+        safety net. ``metadata`` reaches the handler as ``ctx.metadata``.
+
+        Non-200 statuses raise ``RpcError`` subclasses; connection loss raises
+        ``ConnectionLost``; the timeout raises ``DeadlineExceeded``.
+        """
+        explicit = not isinstance(timeout, _Default)
+        t: float | None = timeout if not isinstance(timeout, _Default) else self.timeout
+        parent = current_call.get()
+        prefix = b""
+        if parent is not None or metadata:
+            t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._ready_connection(t)
@@ -338,11 +381,27 @@ class Client:
         if conn.closed:
             sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost")
-        size = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
-        conn.send(HEADER.pack(0, 0, session, size, checksum(payload), wire_id), payload)
-        self.stats.calls += 1
+        started = time.perf_counter_ns()
         timer = None if t is None else loop.call_later(t, _expire, future, t)
         try:
+            if self.filters:
+                await self._send_filtered(conn, session, wire_id, prefix, payload)
+            elif prefix:
+                conn.send_parts(
+                    HEADER.pack(
+                        0,
+                        FLAG_PAYLOAD_HEADERS,
+                        session,
+                        len(prefix) + _size(payload),
+                        checksum_parts(prefix, payload),
+                        wire_id,
+                    ),
+                    (prefix, payload),
+                )
+            else:
+                size = _size(payload)
+                conn.send(HEADER.pack(0, 0, session, size, checksum(payload), wire_id), payload)
+            self.stats.calls += 1
             frame = await future
         except DeadlineExceeded:
             self.stats.timeouts += 1
@@ -351,11 +410,56 @@ class Client:
             if timer is not None:
                 timer.cancel()
             sessions.release(session, future)
-        if frame.meta == 200:
-            return frame.body
-        message = bytes(frame.body).decode("utf-8", "replace")
-        frame.body.release()
-        raise RpcError.from_status(frame.meta, message)
+        status, body = frame.meta, frame.body
+        if self.filters or frame.compression > Compression.DISABLED or frame.flags:
+            status, body = await self._receive_filtered(conn, frame)
+        self.methods.get_or_add(wire_id).record(
+            status, time.perf_counter_ns() - started, _size(payload), body.nbytes
+        )
+        if status == 200:
+            return body
+        message = bytes(body).decode("utf-8", "replace")
+        body.release()
+        raise RpcError.from_status(status, message)
+
+    async def _send_filtered(
+        self, conn: ClientConnection, session: int, wire_id: int, prefix: bytes, payload: Payload
+    ) -> None:
+        body: Payload = prefix + bytes(payload) if prefix else payload
+        flags = FLAG_PAYLOAD_HEADERS if prefix else 0
+        message = await run_chain(
+            self.filters, False, Message(0, flags, session, wire_id, body), conn
+        )
+        if message is None:
+            return  # dropped by a filter: the call ends by its timeout
+        conn.send(
+            HEADER.pack(
+                message.compression,
+                message.flags,
+                session,
+                _size(message.body),
+                checksum(message.body),
+                message.meta,
+            ),
+            message.body,
+        )
+
+    async def _receive_filtered(
+        self, conn: ClientConnection, frame: Frame
+    ) -> tuple[int, memoryview]:
+        message = Message(frame.compression, frame.flags, frame.session, frame.meta, frame.body)
+        if self.filters:
+            filtered = await run_chain(self.filters, True, message, conn)
+            if filtered is None:
+                raise ConnectionLost("response dropped by a client filter")
+            message = filtered
+        if message.compression > Compression.DISABLED:
+            name = Compression(message.compression).name.lower()
+            raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
+        body = memoryview(message.body)
+        if message.flags & FLAG_PAYLOAD_HEADERS:
+            _, body = headers.split(body)
+        return message.meta, body
 
     # ------------------------------------------------------------------ closing
 
@@ -382,6 +486,34 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _size(body: Payload) -> int:
+    return body.nbytes if isinstance(body, memoryview) else len(body)
+
+
+def _call_headers(
+    parent: CallContext | None,
+    metadata: Mapping[str, str] | None,
+    timeout: float | None,
+    explicit: bool,
+) -> tuple[float | None, bool, bytes]:
+    """(timeout, explicit, payload-header prefix) for a call made with ``metadata``
+    and/or from inside a handler serving ``parent``."""
+    fields = dict(metadata) if metadata else {}
+    if parent is not None:
+        remaining = parent.time_remaining()
+        if remaining is not None:
+            timeout = remaining if timeout is None or not explicit else min(timeout, remaining)
+            explicit = True
+        traceparent = parent.metadata.get(TRACEPARENT_HEADER)
+        if traceparent is not None:
+            fields.setdefault(TRACEPARENT_HEADER, traceparent)
+    if explicit and timeout is not None:
+        if timeout <= 0:
+            raise DeadlineExceeded("deadline already passed before the call was sent")
+        fields[TIMEOUT_HEADER] = str(int(timeout * 1e6))
+    return timeout, explicit, headers.encode(fields) if fields else b""
 
 
 def _expire(future: _CallResult, timeout: float) -> None:

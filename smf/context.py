@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+TIMEOUT_HEADER = "smf-timeout-us"
+"""Payload header carrying the caller's remaining time in microseconds (relative, so
+clocks need not agree across hosts; as gRPC's ``grpc-timeout``)."""
+
+TRACEPARENT_HEADER = "traceparent"
 
 
 class CallContext:
@@ -40,3 +47,8 @@ class CallContext:
 
     def __repr__(self) -> str:
         return f"CallContext(peer={self.peer!r}, wire_id={self.wire_id}, session={self.session})"
+
+
+current_call: ContextVar[CallContext | None] = ContextVar("smf_current_call", default=None)
+"""The call a handler is serving, so its own outgoing calls inherit what is left of the
+deadline and the trace context. Set by the server in each handler's task."""

@@ -41,13 +41,18 @@ class ServiceRouter:
                 )
         for wire_id, handler in handlers.items():
             self._handlers[wire_id] = handler
-            self._owners[wire_id] = service.service_name
+            method = getattr(handler, "__name__", str(wire_id))
+            self._owners[wire_id] = f"{service.service_name}.{method}"
 
     def add_handler(self, wire_id: int, handler: Handler, owner: str = "?") -> None:
         if wire_id in self._handlers:
             raise ValueError(f"wire id {wire_id} is already served by {self._owners[wire_id]!r}")
         self._handlers[wire_id] = handler
         self._owners[wire_id] = owner
+
+    def names(self) -> dict[int, str]:
+        """wire id → "Service.Method" (the handler's ``__name__`` names the method)."""
+        return dict(self._owners)
 
     def get(self, wire_id: int) -> Handler | None:
         return self._handlers.get(wire_id)

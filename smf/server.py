@@ -12,8 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .context import CallContext
-from .errors import FrameError, RpcError
+from . import headers
+from .context import TIMEOUT_HEADER, CallContext, current_call
+from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
+from .filters.base import Filter, Message, run_chain
+from .metrics import MethodTable
 from .router import Handler, Payload, Service, ServiceRouter
 from .transport import FramedConnection
 from .wire import (
@@ -46,6 +49,9 @@ class ServerStats:
     stalled_connections: int = 0
     oversized_requests: int = 0
     reads_paused: int = 0
+    no_route: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 class ByteBudget:
@@ -138,17 +144,20 @@ class ServerConnection(FramedConnection):
         )
         self.abort()
 
-    def reply(self, session: int, status: int, body: Payload) -> None:
+    def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> None:
         stats = self.server.stats
         stats.responses[status] = stats.responses.get(status, 0) + 1
         size = len(body) if not isinstance(body, memoryview) else body.nbytes
-        self.send(HEADER.pack(0, 0, session, size, checksum(body), status), body)
+        stats.bytes_out += HEADER_SIZE + size
+        self.send(HEADER.pack(compression, 0, session, size, checksum(body), status), body)
 
     def event_received(self, event: Event) -> None:
         server = self.server
-        server.stats.requests += 1
+        stats = server.stats
+        stats.requests += 1
         if not isinstance(event, Frame):
-            server.stats.oversized_requests += 1
+            stats.oversized_requests += 1
+            stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
             self.reply(
                 event.session,
                 Status.PAYLOAD_TOO_LARGE,
@@ -160,15 +169,10 @@ class ServerConnection(FramedConnection):
             )
             return
         frame = event
-        if frame.compression > Compression.DISABLED:
-            name = Compression(frame.compression).name.lower()
-            self._refuse(frame, Status.UNSUPPORTED, f"no filter for {name} compression")
-            return
-        if frame.flags:
-            self._refuse(frame, Status.UNSUPPORTED, "payload headers are not supported")
-            return
+        stats.bytes_in += HEADER_SIZE + frame.body.nbytes
         handler = server.router.get(frame.meta)
         if handler is None:
+            stats.no_route += 1
             self._refuse(frame, Status.NOT_FOUND, f"no method with wire id {frame.meta}")
             return
         if server.closing:
@@ -176,20 +180,52 @@ class ServerConnection(FramedConnection):
             return
         cost = HEADER_SIZE + frame.body.nbytes + REQUEST_OVERHEAD
         server.budget.charge(cost)
-        ctx = CallContext(self.peer, frame.meta, frame.session)
-        task = self.loop.create_task(self._serve(handler, ctx, frame.body, cost))
+        task = self.loop.create_task(self._serve(handler, frame, cost, time.perf_counter_ns()))
         self.in_flight.add(task)
         server.tasks.add(task)
 
     def _refuse(self, frame: Frame, status: int, message: str) -> None:
+        self.server.methods.get(frame.meta).record(status, 0, frame.body.nbytes, 0)
         frame.body.release()
         self.reply(frame.session, status, _error_body(status, message))
 
-    async def _serve(self, handler: Handler, ctx: CallContext, body: memoryview, cost: int) -> None:
+    async def _serve(self, handler: Handler, frame: Frame, cost: int, started_ns: int) -> None:
         server = self.server
         status: int = Status.OK
+        body: memoryview = frame.body
+        compression, flags = frame.compression, frame.flags
+        ctx = CallContext(self.peer, frame.meta, frame.session)
+        dropped = False
         try:
-            result: Payload = await handler(ctx, body)
+            if server.filters:
+                message = await run_chain(
+                    server.filters,
+                    True,
+                    Message(compression, flags, frame.session, frame.meta, body),
+                    self,
+                )
+                if message is None:
+                    dropped = True
+                    return
+                compression, flags = message.compression, message.flags
+                body = (
+                    message.body
+                    if isinstance(message.body, memoryview)
+                    else memoryview(message.body)
+                )
+            if compression > Compression.DISABLED:
+                name = Compression(compression).name.lower()
+                raise Unsupported(f"no filter for {name} compression")
+            if flags:
+                ctx.metadata, body = headers.split(body)
+                timeout_us = ctx.metadata.get(TIMEOUT_HEADER)
+                if timeout_us is not None:
+                    ctx.deadline = _deadline(timeout_us)
+            current_call.set(ctx)  # this task's own context: no reset needed
+            if ctx.deadline is None:
+                result: Payload = await handler(ctx, body)
+            else:
+                result = await _run_with_deadline(handler, ctx, body)
             if not (len(result) if not isinstance(result, memoryview) else result.nbytes):
                 status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
         except RpcError as exc:
@@ -209,14 +245,69 @@ class ServerConnection(FramedConnection):
             task = asyncio.current_task()
             self.in_flight.discard(task)
             server.tasks.discard(task)
-        self.reply(ctx.session, status, result)
+            if dropped:
+                self._finish(frame.body, cost)
+        out_compression = 0
+        if server.filters:
+            try:
+                message = await run_chain(
+                    server.filters, False, Message(0, 0, ctx.session, status, result), self
+                )
+            except RpcError as exc:
+                message = Message(
+                    0, 0, ctx.session, exc.status, _error_body(exc.status, exc.message)
+                )
+            except Exception as exc:
+                log.exception("outgoing filter raised")
+                status = Status.INTERNAL_ERROR
+                message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
+            if message is None:
+                self._finish(frame.body, cost)
+                return
+            status, result, out_compression = message.meta, message.body, message.compression
+        self.reply(ctx.session, status, result, out_compression)
+        size = len(result) if not isinstance(result, memoryview) else result.nbytes
+        server.methods.get(ctx.wire_id).record(
+            status, time.perf_counter_ns() - started_ns, frame.body.nbytes, size
+        )
+        self._finish(frame.body, cost)
+
+    def _finish(self, body: memoryview, cost: int) -> None:
         # Released once the reply is handed to the transport (it may be the request
         # itself, as in an echo): a handler that kept the request past its return
         # then fails loudly instead of reading reused memory.
         self.release_after_flush(body)
-        server.budget.refund(cost)
+        self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
+
+    # FilterSide
+    @property
+    def is_server(self) -> bool:
+        return True
+
+
+def _deadline(timeout_us: str) -> float:
+    try:
+        micros = int(timeout_us)
+    except ValueError:
+        raise BadRequest(f"{TIMEOUT_HEADER} header is not an integer: {timeout_us!r}") from None
+    return time.monotonic() + micros / 1e6
+
+
+async def _run_with_deadline(handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
+    remaining = ctx.time_remaining()
+    assert remaining is not None
+    if remaining <= 0:
+        raise DeadlineExceeded("deadline passed before the handler started")
+    timeout = asyncio.timeout(remaining)
+    try:
+        async with timeout:
+            return await handler(ctx, body)
+    except TimeoutError:
+        if timeout.expired():
+            raise DeadlineExceeded(f"deadline of {remaining * 1e3:.1f} ms exceeded") from None
+        raise
 
 
 class Server:
@@ -243,8 +334,11 @@ class Server:
         max_buffered_bytes: int = 256 * 1024 * 1024,
         body_timeout: float | None = 30.0,
         buffer_size: int = 256 * 1024,
+        filters: Iterable[Filter] = (),
     ) -> None:
         self.router = ServiceRouter()
+        self.filters: list[Filter] = list(filters)
+        self.methods = MethodTable()
         self.max_body_size = max_body_size
         self.max_in_flight_per_connection = max_in_flight_per_connection
         self.budget = ByteBudget(max_buffered_bytes)
@@ -260,9 +354,12 @@ class Server:
 
     def add_service(self, service: Service) -> None:
         self.router.add_service(service)
+        for wire_id, name in self.router.names().items():
+            self.methods.name(wire_id, name)
 
     def add_handler(self, wire_id: int, handler: Handler, name: str = "?") -> None:
         self.router.add_handler(wire_id, handler, name)
+        self.methods.name(wire_id, name)
 
     # ------------------------------------------------------------------ listening
 

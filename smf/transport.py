@@ -168,6 +168,15 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
+    def send_parts(self, header: bytes, parts: tuple[Payload, ...]) -> None:
+        """Queue one frame whose body is ``parts`` back to back (no join, no copy)."""
+        if self.closed:
+            return
+        self._out.append(header)
+        self._out.extend(parts)
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_handle = None
         if self.closed or self.transport is None:

@@ -73,6 +73,14 @@ def checksum(body: bytes | bytearray | memoryview) -> int:
     return _xxh64(body) & 0xFFFFFFFF
 
 
+def checksum_parts(*parts: bytes | bytearray | memoryview) -> int:
+    """The checksum of the concatenation of ``parts``, without concatenating them."""
+    h = xxhash.xxh64()
+    for part in parts:
+        h.update(part)
+    return h.intdigest() & 0xFFFFFFFF
+
+
 def encode_header(
     session: int,
     meta: int,
