@@ -7,9 +7,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    commands = {"demo": "smf.demo"}
+    commands = {"demo": "smf.demo", "bench": "smf.bench"}
     if not args or args[0] not in commands:
-        print(f"usage: python -m smf {{{','.join(commands)}}} [options]", file=sys.stderr)
+        print(f"usage: smf {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     import importlib
 

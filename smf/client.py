@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Final
 
 from . import headers
+from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
 from .errors import (
     ConnectionLost,
@@ -365,6 +366,19 @@ class Client:
         Non-200 statuses raise ``RpcError`` subclasses; connection loss raises
         ``ConnectionLost``; the timeout raises ``DeadlineExceeded``.
         """
+        if _tracing.active():
+            carrier = dict(metadata) if metadata else {}
+            with _tracing.client_span(self.methods.get_or_add(wire_id).name, carrier):
+                return await self._call(wire_id, payload, timeout, carrier)
+        return await self._call(wire_id, payload, timeout, metadata)
+
+    async def _call(
+        self,
+        wire_id: int,
+        payload: Payload,
+        timeout: float | _Default | None,
+        metadata: Mapping[str, str] | None,
+    ) -> memoryview:
         explicit = not isinstance(timeout, _Default)
         t: float | None = timeout if not isinstance(timeout, _Default) else self.timeout
         parent = current_call.get()

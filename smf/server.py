@@ -8,11 +8,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from . import headers
+from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, CallContext, current_call
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
@@ -222,10 +223,10 @@ class ServerConnection(FramedConnection):
                 if timeout_us is not None:
                     ctx.deadline = _deadline(timeout_us)
             current_call.set(ctx)  # this task's own context: no reset needed
-            if ctx.deadline is None:
+            if ctx.deadline is None and not _tracing.active():
                 result: Payload = await handler(ctx, body)
             else:
-                result = await _run_with_deadline(handler, ctx, body)
+                result = await self._invoke(handler, ctx, body)
             if not (len(result) if not isinstance(result, memoryview) else result.nbytes):
                 status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
         except RpcError as exc:
@@ -271,6 +272,16 @@ class ServerConnection(FramedConnection):
             status, time.perf_counter_ns() - started_ns, frame.body.nbytes, size
         )
         self._finish(frame.body, cost)
+
+    async def _invoke(self, handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
+        """The handler under its deadline and/or a tracing span."""
+        if not _tracing.active():
+            return await _run_with_deadline(handler, ctx, body)
+        name = self.server.methods.get(ctx.wire_id).name
+        with _tracing.server_span(name, ctx.metadata):
+            if ctx.deadline is None:
+                return await handler(ctx, body)
+            return await _run_with_deadline(handler, ctx, body)
 
     def _finish(self, body: memoryview, cost: int) -> None:
         # Released once the reply is handed to the transport (it may be the request
@@ -410,6 +421,24 @@ class Server:
             if s.family in (socket.AF_INET, socket.AF_INET6):
                 return int(s.getsockname()[1])
         raise RuntimeError("the server has no TCP listener")
+
+    def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        workers: int = 1,
+        grace: float = 5.0,
+        on_listening: Callable[[], None] | None = None,
+    ) -> int:
+        """Serve until SIGTERM/SIGINT (blocking; call it outside any event loop).
+
+        ``workers > 1`` forks that many processes sharing ``port`` through
+        SO_REUSEPORT; the kernel spreads connections across them. Returns an exit code.
+        """
+        from .workers import run_workers
+
+        return run_workers(self, host, port, workers, grace, on_listening)
 
     # ------------------------------------------------------------------ stopping
 

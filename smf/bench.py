@@ -1,0 +1,373 @@
+"""``smf bench``: load any method of any schema and report tail latency.
+
+    smf bench HOST:PORT --schema FILE.fbs --method Service.Method --data JSON|@file.json
+        [-I DIR]... [--connections N] [--concurrency N] [--calls N | --duration S]
+        [--warmup N] [--rate CALLS_PER_S] [--timeout S] [--json] [--hgrm FILE]
+
+The request is encoded once from JSON by the real flatc. Closed loop by default:
+``connections x concurrency`` callers, each sending its next call when the last one
+returns. ``--rate`` is open loop: every caller has a schedule, and each latency is
+measured from when the call *should* have been sent, so a stalled server shows up in
+the percentiles instead of silently slowing the load (coordinated omission, as wrk2
+corrects it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from .client import Client
+from .errors import ConnectionLost, RpcError
+from .loop import run
+from .metrics import LatencyRecorder
+
+PERCENTILES = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
+
+
+class BenchError(Exception):
+    """Bad arguments or a schema/method/data problem, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    wire_id: int
+    request: bytes
+    method: str  # "Service.Method"
+
+
+@dataclass
+class LoadSpec:
+    host: str
+    port: int
+    target: Target
+    connections: int = 1
+    concurrency: int = 1
+    calls: int | None = 10_000
+    duration: float | None = None
+    warmup: int = 0
+    rate: float | None = None
+    timeout: float = 10.0
+    progress: bool = False
+
+
+@dataclass
+class BenchResult:
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    recorder: LatencyRecorder = field(default_factory=LatencyRecorder)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.elapsed if self.elapsed > 0 else 0.0
+
+    def histogram(self) -> HdrHistogram:
+        return self.recorder.histogram()
+
+    def latency_us(self) -> dict[str, float]:
+        h = self.histogram()
+        out: dict[str, float] = {}
+        for p in PERCENTILES:
+            out[f"p{p:g}"] = float(h.get_value_at_percentile(p)) if h.get_total_count() else 0.0
+        out["max"] = float(h.get_max_value())
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "errors": dict(sorted(self.errors.items())),
+            "calls_per_s": round(self.calls_per_s, 1),
+            "latency_us": self.latency_us(),
+        }
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_target(
+    schema: Path, method: str, data: str, include_dirs: list[Path] | None = None
+) -> Target:
+    """The wire id of ``Service.Method`` in ``schema`` and ``data`` (JSON) encoded as its
+    request type by flatc."""
+    from codegen.bfbs import read_schema
+    from codegen.flatc import FlatcError, binary_schema, find_flatc
+
+    includes = include_dirs or []
+    if "." not in method:
+        raise BenchError(f"--method {method!r}: expected Service.Method")
+    service_name, method_name = method.rsplit(".", 1)
+    flatc = find_flatc()
+    with tempfile.TemporaryDirectory(prefix="smf-bench-") as tmp:
+        try:
+            bfbs = binary_schema(flatc, schema, includes, schema.parent, Path(tmp))
+        except FlatcError as exc:
+            raise BenchError(f"{schema}: {exc}") from exc
+        model = read_schema(bfbs)
+        services = [s for s in model.services.values() if service_name in (s.name, s.short_name)]
+        if not services:
+            known = ", ".join(sorted(model.services)) or "none"
+            raise BenchError(f"no service {service_name!r} in {schema} (services: {known})")
+        service = services[0]
+        found = [m for m in service.methods if m.name == method_name]
+        if not found:
+            known = ", ".join(m.name for m in service.methods)
+            raise BenchError(f"service {service.name} has no method {method_name!r} ({known})")
+        m = found[0]
+        try:
+            request = encode_json(flatc, schema, includes, m.request.name, data, Path(tmp))
+        except BenchError as exc:
+            raise BenchError(f"--data is not a valid {m.request.name}: {exc}") from exc
+    return Target(service.wire_id(m), request, f"{service.short_name}.{m.name}")
+
+
+def encode_json(
+    flatc: str, schema: Path, includes: list[Path], root_type: str, data: str, tmp: Path
+) -> bytes:
+    """``data`` (JSON) as a binary FlatBuffer of ``root_type``, encoded by flatc."""
+    src = tmp / "request.json"
+    src.write_text(data)
+    argv = [flatc, "-b", "--root-type", root_type]
+    for directory in includes:
+        argv += ["-I", str(directory)]
+    argv += ["-o", str(tmp), str(schema), str(src)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    out = tmp / "request.bin"
+    if proc.returncode != 0 or not out.exists():
+        raise BenchError((proc.stderr or proc.stdout).strip() or "flatc failed")
+    return out.read_bytes()
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def run_load(spec: LoadSpec) -> BenchResult:
+    result = BenchResult()
+    clients = [Client(spec.host, spec.port, timeout=spec.timeout) for _ in range(spec.connections)]
+    try:
+        for c in clients:
+            await c.connect()
+    except ConnectionLost as exc:
+        raise BenchError(str(exc)) from exc
+    target = spec.target
+    callers = spec.connections * spec.concurrency
+    issued = 0
+    warm = 0
+    budget = math.inf if spec.calls is None else spec.calls
+    deadline = math.inf
+
+    async def one_call(client: Client) -> bool:
+        try:
+            await client.call(target.wire_id, target.request)
+            return True
+        except RpcError as exc:
+            key = str(exc.status)
+        except ConnectionLost:
+            key = "connection_lost"
+        result.errors[key] = result.errors.get(key, 0) + 1
+        return False
+
+    # Warm-up: not recorded, closed loop.
+    async def warm_caller(client: Client) -> None:
+        nonlocal warm
+        while warm < spec.warmup:
+            warm += 1
+            await one_call(client)
+
+    await asyncio.gather(*(warm_caller(clients[i % len(clients)]) for i in range(callers)))
+    result.errors.clear()
+
+    recorder = result.recorder
+    interval = callers / spec.rate if spec.rate else 0.0
+
+    async def caller(index: int, client: Client) -> None:
+        nonlocal issued
+        loop_time = time.perf_counter
+        intended = start + (interval * index / callers if interval else 0.0)
+        while issued < budget and loop_time() < deadline:
+            issued += 1
+            if interval:
+                t0 = loop_time()
+                if t0 < intended:
+                    # Idle until the schedule says go. The timer may fire a little early
+                    # or late (uvloop: 1 ms ticks): that is the generator, not the
+                    # server, so the clock starts when the call really leaves.
+                    await asyncio.sleep(intended - t0)
+                    t0 = loop_time()
+                else:
+                    # Behind schedule because the previous call was slow: count from
+                    # when this one should have left (coordinated omission corrected).
+                    t0 = intended
+                intended += interval
+            else:
+                t0 = loop_time()
+            ok = await one_call(client)
+            if ok:
+                recorder.record(int((loop_time() - t0) * 1e6))
+                result.calls += 1
+
+    start = time.perf_counter()
+    if spec.duration is not None:
+        deadline = start + spec.duration
+    progress = asyncio.create_task(_progress(spec, result, start)) if spec.progress else None
+    await asyncio.gather(*(caller(i, clients[i % len(clients)]) for i in range(callers)))
+    result.elapsed = time.perf_counter() - start
+    if progress is not None:
+        progress.cancel()
+        print(file=sys.stderr)
+    for c in clients:
+        await c.close()
+    return result
+
+
+async def _progress(spec: LoadSpec, result: BenchResult, start: float) -> None:
+    width = 30
+    while True:
+        await asyncio.sleep(0.5)
+        elapsed = time.perf_counter() - start
+        if spec.duration:
+            frac = min(1.0, elapsed / spec.duration)
+        elif spec.calls:
+            frac = min(1.0, result.calls / spec.calls)
+        else:
+            frac = 0.0
+        bar = "#" * int(frac * width)
+        print(
+            f"\r[{bar:<{width}}] {frac * 100:5.1f}%  {result.calls} calls  "
+            f"{result.calls / max(elapsed, 1e-9):,.0f}/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(spec: LoadSpec, result: BenchResult) -> str:
+    lat = result.latency_us()
+    mode = f"open loop at {spec.rate:g}/s" if spec.rate else "closed loop"
+    lines = [
+        f"{spec.target.method} on {spec.host}:{spec.port}: {spec.connections} connection(s) x "
+        f"{spec.concurrency} in flight, {mode}, {len(spec.target.request)}-byte request",
+        "",
+        "  percentile   latency (us)",
+    ]
+    for key, value in lat.items():
+        lines.append(f"  {key:<10} {value:>14,.0f}")
+    lines += [
+        "",
+        f"  calls      {result.calls:>14,}",
+        f"  elapsed    {result.elapsed:>13.2f}s",
+        f"  calls/s    {result.calls_per_s:>14,.0f}",
+    ]
+    if result.errors:
+        lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in result.errors.items()))
+    else:
+        lines.append("  errors     none")
+    return "\n".join(lines)
+
+
+def write_hgrm(result: BenchResult, path: Path) -> None:
+    with path.open("wb") as out:
+        result.histogram().output_percentile_distribution(out, 1.0)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smf bench",
+        description="Load one RPC method and report latency percentiles.",
+    )
+    p.add_argument("address", type=_address, metavar="HOST:PORT")
+    p.add_argument("--schema", type=Path, required=True, help="FlatBuffers schema (.fbs)")
+    p.add_argument("-I", dest="include", type=Path, action="append", default=[])
+    p.add_argument("--method", required=True, help="Service.Method")
+    p.add_argument("--data", required=True, help="request as JSON, or @file.json")
+    p.add_argument("--connections", type=_positive(int), default=1)
+    p.add_argument("--concurrency", type=_positive(int), default=1, help="in flight per conn")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--calls", type=_positive(int), help="total calls (default 10000)")
+    group.add_argument("--duration", type=_positive(float), help="seconds to run")
+    p.add_argument("--warmup", type=int, default=0, help="unrecorded calls first")
+    p.add_argument("--rate", type=_positive(float), help="open loop: calls per second")
+    p.add_argument("--timeout", type=_positive(float), default=10.0, help="per call (s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--hgrm", type=Path, help="write HDR percentile distribution here")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data: str = args.data
+    try:
+        if data.startswith("@"):
+            try:
+                data = Path(data[1:]).read_text()
+            except OSError as exc:
+                raise BenchError(f"--data {args.data}: {exc.strerror}") from exc
+        target = resolve_target(args.schema, args.method, data, args.include)
+        host, port = args.address
+        long_run = (args.duration or 0) > 3 or (args.calls or 0) > 50_000
+        spec = LoadSpec(
+            host=host,
+            port=port,
+            target=target,
+            connections=args.connections,
+            concurrency=args.concurrency,
+            calls=None if args.duration else (args.calls or 10_000),
+            duration=args.duration,
+            warmup=args.warmup,
+            rate=args.rate,
+            timeout=args.timeout,
+            progress=(
+                args.progress
+                if args.progress is not None
+                else long_run and sys.stderr.isatty() and not args.json
+            ),
+        )
+        result = run(run_load(spec))
+    except BenchError as exc:
+        print(f"smf bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.hgrm:
+        write_hgrm(result, args.hgrm)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_table(spec, result))
+    return 0 if not result.errors else 1

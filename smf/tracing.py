@@ -1,0 +1,54 @@
+"""W3C trace context. With ``opentelemetry-api`` installed and a real tracer provider
+configured, calls get CLIENT/SERVER spans and ``traceparent`` comes from them; without
+it nothing is created, and a handler's incoming ``traceparent`` is passed on unchanged
+to the calls it makes (see ``smf.client``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+_otel_context: Any
+_otel_trace: Any
+_propagator: Any
+try:
+    from opentelemetry import context as _otel_context
+    from opentelemetry import trace as _otel_trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _propagator = TraceContextTextMapPropagator()
+except ImportError:  # pragma: no cover - exercised only where OpenTelemetry is absent
+    _otel_context = _otel_trace = _propagator = None
+_NOOP_PROVIDERS = ("ProxyTracerProvider", "NoOpTracerProvider")
+
+
+def active() -> bool:
+    """True when OpenTelemetry is installed and a recording tracer provider is set."""
+    if _otel_trace is None:
+        return False
+    return type(_otel_trace.get_tracer_provider()).__name__ not in _NOOP_PROVIDERS
+
+
+@contextlib.contextmanager
+def client_span(name: str, carrier: MutableMapping[str, str]) -> Iterator[None]:
+    """A CLIENT span around an outgoing call; writes its ``traceparent`` to ``carrier``."""
+    assert _otel_trace is not None
+    tracer = _otel_trace.get_tracer("smf")
+    with tracer.start_as_current_span(name, kind=_otel_trace.SpanKind.CLIENT):
+        _propagator.inject(carrier)
+        yield
+
+
+@contextlib.contextmanager
+def server_span(name: str, metadata: Mapping[str, str]) -> Iterator[None]:
+    """A SERVER span, child of the caller's ``traceparent`` when there is one."""
+    assert _otel_trace is not None
+    parent = _propagator.extract(metadata)
+    token = _otel_context.attach(parent)
+    try:
+        tracer = _otel_trace.get_tracer("smf")
+        with tracer.start_as_current_span(name, kind=_otel_trace.SpanKind.SERVER):
+            yield
+    finally:
+        _otel_context.detach(token)
