@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Final
 
@@ -194,6 +195,9 @@ class ClientConnection(FramedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         why = f": {exc}" if exc else ""
+        if self._events_seen == 0 and self.client.ssl is None:
+            # Closed before a single reply: the usual sign of a TLS-only server.
+            why += " (closed before any reply; if the server requires TLS, pass ssl=)"
         self._fail(ConnectionLost(f"connection to {self.client.address} lost{why}"))
         if not self.lost.done():
             self.lost.set_result(None)
@@ -232,6 +236,8 @@ class Client:
         body_timeout: float | None = 30.0,
         buffer_size: int = 256 * 1024,
         filters: Iterable[Filter] = (),
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if (unix_path is None) == (host is None or port is None):
             raise ValueError("give either host and port, or unix_path")
@@ -247,6 +253,8 @@ class Client:
         self.max_sessions = max_sessions
         self.body_timeout = body_timeout
         self.buffer_size = buffer_size
+        self.ssl = ssl
+        self.server_hostname = server_hostname
         self.stats = ClientStats()
         self.filters: list[Filter] = list(filters)
         self.methods = MethodTable()
@@ -281,19 +289,35 @@ class Client:
 
     async def _open(self) -> ClientConnection:
         loop = asyncio.get_running_loop()
+        tls = self.ssl
+        hostname = self.server_hostname if tls is not None else None
+        if tls is not None and hostname is None and self.host is not None:
+            hostname = self.host
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.unix_path is not None:
                     _, proto = await loop.create_unix_connection(
-                        lambda: ClientConnection(self), self.unix_path
+                        lambda: ClientConnection(self),
+                        self.unix_path,
+                        ssl=tls,
+                        server_hostname=hostname,
                     )
                 else:
                     assert self.host is not None and self.port is not None
                     _, proto = await loop.create_connection(
-                        lambda: ClientConnection(self), self.host, self.port
+                        lambda: ClientConnection(self),
+                        self.host,
+                        self.port,
+                        ssl=tls,
+                        server_hostname=hostname,
                     )
         except (OSError, TimeoutError) as exc:
-            raise ConnectionLost(f"cannot connect to {self.address}: {exc or 'timed out'}") from exc
+            hint = ""
+            if tls is not None and not isinstance(exc, ConnectionRefusedError):
+                hint = " (TLS handshake failed: is the server speaking TLS, and is its "
+                hint += "certificate trusted for this name?)"
+            why = str(exc) or type(exc).__name__
+            raise ConnectionLost(f"cannot connect to {self.address}: {why}{hint}") from exc
         return proto
 
     def _connection_lost(self, conn: ClientConnection) -> None:

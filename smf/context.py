@@ -16,14 +16,57 @@ clocks need not agree across hosts; as gRPC's ``grpc-timeout``)."""
 TRACEPARENT_HEADER = "traceparent"
 
 
+class PeerIdentity:
+    """Who the peer's verified TLS certificate says it is."""
+
+    __slots__ = ("common_name", "dns_names", "subject")
+
+    def __init__(
+        self,
+        common_name: str | None,
+        dns_names: tuple[str, ...],
+        subject: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.common_name = common_name
+        self.dns_names = dns_names
+        self.subject = subject
+
+    @classmethod
+    def from_cert(cls, cert: Mapping[str, object] | None) -> PeerIdentity | None:
+        """From ``SSLObject.getpeercert()``; ``None`` when there is no certificate."""
+        if not cert:
+            return None
+        subject: list[tuple[str, str]] = []
+        for rdn in cert.get("subject", ()):  # type: ignore[attr-defined]
+            for key, value in rdn:
+                subject.append((str(key), str(value)))
+        names = tuple(
+            str(value)
+            for kind, value in cert.get("subjectAltName", ())  # type: ignore[attr-defined]
+            if kind == "DNS"
+        )
+        cn = next((v for k, v in subject if k == "commonName"), None)
+        return cls(cn, names, tuple(subject))
+
+    @property
+    def name(self) -> str | None:
+        """The first DNS name, else the common name."""
+        return self.dns_names[0] if self.dns_names else self.common_name
+
+    def __repr__(self) -> str:
+        return f"PeerIdentity(name={self.name!r})"
+
+
 class CallContext:
     """Per-call facts handed to every handler.
 
     ``deadline`` is an absolute ``time.monotonic()`` value, or ``None`` when the caller
     set no deadline. ``metadata`` holds the caller's payload headers (empty when none).
+    ``peer_identity`` is the verified client certificate's identity on a mutual-TLS
+    connection, ``None`` otherwise.
     """
 
-    __slots__ = ("deadline", "metadata", "peer", "session", "wire_id")
+    __slots__ = ("deadline", "metadata", "peer", "peer_identity", "session", "wire_id")
 
     def __init__(
         self,
@@ -32,8 +75,10 @@ class CallContext:
         session: int,
         deadline: float | None = None,
         metadata: Mapping[str, str] = _EMPTY,
+        peer_identity: PeerIdentity | None = None,
     ) -> None:
         self.peer = peer
+        self.peer_identity = peer_identity
         self.wire_id = wire_id
         self.session = session
         self.deadline = deadline

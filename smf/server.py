@@ -10,11 +10,12 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from types import TracebackType
 
 from . import headers
 from . import tracing as _tracing
-from .context import TIMEOUT_HEADER, CallContext, current_call
+from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
@@ -104,9 +105,12 @@ class ServerConnection(FramedConnection):
         )
         self.server = server
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.identity: PeerIdentity | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # Read once per connection: the verified client certificate, if any.
+        self.identity = PeerIdentity.from_cert(transport.get_extra_info("peercert"))
         server = self.server
         server.stats.connections_accepted += 1
         server.stats.connections_open += 1
@@ -135,7 +139,10 @@ class ServerConnection(FramedConnection):
 
     def frame_error(self, error: FrameError) -> None:
         self.server.stats.bad_frames += 1
-        log.warning("closing connection from %s: %s", self.peer, error)
+        hint = ""
+        if error.field == "compression" and error.value == 0x16 and self._events_seen == 0:
+            hint = " (0x16 opens a TLS handshake: the client speaks TLS, this listener does not)"
+        log.warning("closing connection from %s: %s%s", self.peer, error, hint)
         self.abort()
 
     def stalled(self) -> None:
@@ -195,7 +202,7 @@ class ServerConnection(FramedConnection):
         status: int = Status.OK
         body: memoryview = frame.body
         compression, flags = frame.compression, frame.flags
-        ctx = CallContext(self.peer, frame.meta, frame.session)
+        ctx = CallContext(self.peer, frame.meta, frame.session, peer_identity=self.identity)
         dropped = False
         try:
             if server.filters:
@@ -346,8 +353,10 @@ class Server:
         body_timeout: float | None = 30.0,
         buffer_size: int = 256 * 1024,
         filters: Iterable[Filter] = (),
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.router = ServiceRouter()
+        self.handshake_timeout = handshake_timeout
         self.filters: list[Filter] = list(filters)
         self.methods = MethodTable()
         self.max_body_size = max_body_size
@@ -382,12 +391,23 @@ class Server:
         reuse_port: bool = False,
         backlog: int = 1024,
         sock: socket.socket | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
-        """Listen on TCP (IPv4 or IPv6; ``port=0`` picks a free port, see ``port``)."""
+        """Listen on TCP (IPv4 or IPv6; ``port=0`` picks a free port, see ``port``).
+
+        ``ssl``: a server-side ``ssl.SSLContext``; with ``verify_mode=CERT_REQUIRED``
+        and a CA loaded, clients must present a certificate (mutual TLS) and handlers
+        see its identity as ``ctx.peer_identity``.
+        """
         loop = asyncio.get_running_loop()
+        hs_timeout = self.handshake_timeout if ssl is not None else None
         if sock is not None:
             listener = await loop.create_server(
-                lambda: ServerConnection(self), sock=sock, backlog=backlog
+                lambda: ServerConnection(self),
+                sock=sock,
+                backlog=backlog,
+                ssl=ssl,
+                ssl_handshake_timeout=hs_timeout,
             )
         else:
             listener = await loop.create_server(
@@ -396,17 +416,25 @@ class Server:
                 port,
                 reuse_port=reuse_port or None,
                 backlog=backlog,
+                ssl=ssl,
+                ssl_handshake_timeout=hs_timeout,
             )
         self._listeners.append(listener)
 
-    async def start_unix(self, path: str, *, backlog: int = 1024) -> None:
+    async def start_unix(
+        self, path: str, *, backlog: int = 1024, ssl: SSLContext | None = None
+    ) -> None:
         """Listen on a Unix socket at ``path`` (a stale socket file is replaced)."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(FileNotFoundError):
             if os.path.exists(path) and not os.path.isdir(path):
                 os.unlink(path)
         listener = await loop.create_unix_server(
-            lambda: ServerConnection(self), path, backlog=backlog
+            lambda: ServerConnection(self),
+            path,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=self.handshake_timeout if ssl is not None else None,
         )
         self._listeners.append(listener)
 
