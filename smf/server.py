@@ -52,6 +52,9 @@ class ServerStats:
     oversized_requests: int = 0
     reads_paused: int = 0
     no_route: int = 0
+    connections_refused: int = 0
+    idle_closed: int = 0
+    overloaded: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -106,18 +109,32 @@ class ServerConnection(FramedConnection):
         self.server = server
         self.in_flight: set[asyncio.Task[None]] = set()
         self.identity: PeerIdentity | None = None
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         # Read once per connection: the verified client certificate, if any.
         self.identity = PeerIdentity.from_cert(transport.get_extra_info("peercert"))
         server = self.server
+        if len(server.connections) >= server.max_connections:
+            server.stats.connections_refused += 1
+            log.warning(
+                "refusing connection from %s: %d connections open (max_connections)",
+                self.peer,
+                len(server.connections),
+            )
+            self.refused = True
+            self.abort()
+            return
         server.stats.connections_accepted += 1
         server.stats.connections_open += 1
         server.connections.add(self)
+        server._ensure_idle_sweep()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.refused:
+            return
         server = self.server
         server.stats.connections_open -= 1
         server.connections.discard(self)
@@ -185,6 +202,15 @@ class ServerConnection(FramedConnection):
             return
         if server.closing:
             self._refuse(frame, Status.UNAVAILABLE, "server is shutting down")
+            return
+        if len(server.tasks) >= server.max_concurrent_handlers:
+            stats.overloaded += 1
+            self._refuse(
+                frame,
+                Status.UNAVAILABLE,
+                f"server overloaded: {len(server.tasks)} handlers running "
+                "(max_concurrent_handlers)",
+            )
             return
         cost = HEADER_SIZE + frame.body.nbytes + REQUEST_OVERHEAD
         server.budget.charge(cost)
@@ -337,10 +363,17 @@ class Server:
     ...
     >>> await server.stop(grace=5.0)
 
-    Limits (all per server): ``max_body_size`` (larger requests get 413, their bodies
-    skipped), ``max_in_flight_per_connection`` and ``max_buffered_bytes`` (reading stops
-    until requests drain), ``body_timeout`` (a peer that stops mid-frame is dropped;
-    idle connections may stay).
+    Limits, each reached only by the peer that pushes it:
+
+    - ``max_body_size`` (64 MiB): larger requests get 413, their bodies skipped.
+    - ``max_in_flight_per_connection`` (1024) and ``max_buffered_bytes`` (256 MiB,
+      server-wide): reading the socket stops until requests drain (backpressure).
+    - ``max_concurrent_handlers`` (100k, server-wide): further requests get 503.
+    - ``max_connections`` (10k): further connections are closed at once and logged.
+    - ``body_timeout`` (30 s): a peer that starts a frame and stalls is dropped.
+    - ``idle_timeout`` (10 min): a connection with no bytes and no calls is closed;
+      ``None`` keeps idle connections forever.
+    - ``handshake_timeout`` (10 s): TLS handshakes that take longer are dropped.
     """
 
     def __init__(
@@ -354,7 +387,14 @@ class Server:
         buffer_size: int = 256 * 1024,
         filters: Iterable[Filter] = (),
         handshake_timeout: float = 10.0,
+        max_connections: int = 10_000,
+        max_concurrent_handlers: int = 100_000,
+        idle_timeout: float | None = 600.0,
     ) -> None:
+        self.max_connections = max_connections
+        self.max_concurrent_handlers = max_concurrent_handlers
+        self.idle_timeout = idle_timeout
+        self._idle_sweep: asyncio.TimerHandle | None = None
         self.router = ServiceRouter()
         self.handshake_timeout = handshake_timeout
         self.filters: list[Filter] = list(filters)
@@ -468,12 +508,34 @@ class Server:
 
         return run_workers(self, host, port, workers, grace, on_listening)
 
+    def _ensure_idle_sweep(self) -> None:
+        if self.idle_timeout is not None and self._idle_sweep is None:
+            loop = asyncio.get_running_loop()
+            self._idle_sweep = loop.call_later(self.idle_timeout / 4, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close connections with no bytes in and no call running for ``idle_timeout``.
+        One timer per server, not per connection: activity costs one clock read."""
+        self._idle_sweep = None
+        assert self.idle_timeout is not None
+        cutoff = time.monotonic() - self.idle_timeout
+        for conn in list(self.connections):
+            if conn.last_read < cutoff and not conn.in_flight and not conn.decoder.mid_frame:
+                self.stats.idle_closed += 1
+                log.info("closing connection from %s: idle for %ss", conn.peer, self.idle_timeout)
+                conn.close()
+        if self.connections and not self.closing:
+            self._ensure_idle_sweep()
+
     # ------------------------------------------------------------------ stopping
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let calls in flight finish within ``grace`` seconds (new
         requests on open connections get 503), then cancel the rest and close."""
         self.closing = True
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
+            self._idle_sweep = None
         for listener in self._listeners:
             listener.close()
         deadline = time.monotonic() + grace

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from .errors import FrameError
@@ -42,6 +43,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._stall_handle: asyncio.TimerHandle | None = None
         self._events_seen = 0  # frames completed; the stall timer watches it move
+        self.last_read = time.monotonic()
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -61,6 +63,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_read = time.monotonic()
         self.decoder.buffer_updated(nbytes)
         self._pull()
 
