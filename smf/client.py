@@ -89,6 +89,10 @@ class SessionTable:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # we were woken but will not use it: pass it on
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
@@ -112,11 +116,17 @@ class SessionTable:
                 return
 
     def fail_all(self, exc: BaseException) -> None:
+        """Fail every pending call and wake every waiter (they will find the
+        connection closed)."""
         pending = self.pending
         self.pending = {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass
@@ -130,7 +140,8 @@ class ClientStats:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential reconnect backoff with full jitter (delays in seconds)."""
+    """Exponential reconnect backoff with jitter (delays in seconds): the n-th delay is
+    drawn from [d * (1 - jitter), d] where d = min(initial * multiplier**n, maximum)."""
 
     initial: float = 0.05
     maximum: float = 5.0
@@ -210,7 +221,6 @@ class ClientConnection(FramedConnection):
     def _fail(self, exc: ConnectionLost) -> None:
         self.closed = True
         self.sessions.fail_all(exc)
-        self.sessions._wake_one()
 
 
 class Client:
@@ -407,40 +417,54 @@ class Client:
         t: float | None = timeout if not isinstance(timeout, _Default) else self.timeout
         parent = current_call.get()
         prefix = b""
-        if parent is not None or metadata:
+        if parent is not None or metadata or (explicit and t is not None):
             t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
+        started = time.perf_counter_ns()
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._ready_connection(t)
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
-        session = sessions.try_allocate(future) or await sessions.allocate(future)
+        session = sessions.try_allocate(future)
+        if not session:
+            session = await self._wait_for_session(sessions, future, t)
         if conn.closed:
             sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost")
-        started = time.perf_counter_ns()
+        if t is not None:
+            # What is left of the timeout once the connection and a session were had.
+            t = max(t - (time.perf_counter_ns() - started) / 1e9, 0.0)
         timer = None if t is None else loop.call_later(t, _expire, future, t)
         try:
             if self.filters:
-                await self._send_filtered(conn, session, wire_id, prefix, payload)
-            elif prefix:
-                conn.send_parts(
-                    HEADER.pack(
-                        0,
-                        FLAG_PAYLOAD_HEADERS,
-                        session,
-                        len(prefix) + _size(payload),
-                        checksum_parts(prefix, payload),
-                        wire_id,
-                    ),
-                    (prefix, payload),
+                status, body = await self._exchange_filtered(
+                    conn, session, wire_id, prefix, payload, future, t
                 )
             else:
-                size = _size(payload)
-                conn.send(HEADER.pack(0, 0, session, size, checksum(payload), wire_id), payload)
-            self.stats.calls += 1
-            frame = await future
+                if prefix:
+                    conn.send_parts(
+                        HEADER.pack(
+                            0,
+                            FLAG_PAYLOAD_HEADERS,
+                            session,
+                            len(prefix) + _size(payload),
+                            checksum_parts(prefix, payload),
+                            wire_id,
+                        ),
+                        (prefix, payload),
+                    )
+                else:
+                    size = _size(payload)
+                    header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
+                    conn.send(header, payload)
+                self.stats.calls += 1
+                frame = await future
+                status, body = frame.meta, frame.body
+                if frame.compression > Compression.DISABLED or frame.flags:
+                    status, body = _unwrap(
+                        Message(frame.compression, frame.flags, frame.session, status, body)
+                    )
         except DeadlineExceeded:
             self.stats.timeouts += 1
             raise
@@ -448,9 +472,6 @@ class Client:
             if timer is not None:
                 timer.cancel()
             sessions.release(session, future)
-        status, body = frame.meta, frame.body
-        if self.filters or frame.compression > Compression.DISABLED or frame.flags:
-            status, body = await self._receive_filtered(conn, frame)
         self.methods.get_or_add(wire_id).record(
             status, time.perf_counter_ns() - started, _size(payload), body.nbytes
         )
@@ -482,22 +503,46 @@ class Client:
             message.body,
         )
 
-    async def _receive_filtered(
-        self, conn: ClientConnection, frame: Frame
+    async def _wait_for_session(
+        self, sessions: SessionTable, future: _CallResult, timeout: float | None
+    ) -> int:
+        try:
+            async with asyncio.timeout(timeout):
+                return await sessions.allocate(future)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            raise DeadlineExceeded(
+                f"no free session within {timeout}s: {sessions.capacity} calls in flight"
+            ) from None
+
+    async def _exchange_filtered(
+        self,
+        conn: ClientConnection,
+        session: int,
+        wire_id: int,
+        prefix: bytes,
+        payload: Payload,
+        future: _CallResult,
+        timeout: float | None,
     ) -> tuple[int, memoryview]:
-        message = Message(frame.compression, frame.flags, frame.session, frame.meta, frame.body)
-        if self.filters:
-            filtered = await run_chain(self.filters, True, message, conn)
-            if filtered is None:
-                raise ConnectionLost("response dropped by a client filter")
-            message = filtered
-        if message.compression > Compression.DISABLED:
-            name = Compression(message.compression).name.lower()
-            raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
-        body = memoryview(message.body)
-        if message.flags & FLAG_PAYLOAD_HEADERS:
-            _, body = headers.split(body)
-        return message.meta, body
+        """Send through the outgoing chain, wait, receive through the incoming chain:
+        all of it within the call's timeout (filters may be slow: compression, faults)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_filtered(conn, session, wire_id, prefix, payload)
+                self.stats.calls += 1
+                frame = await future
+                message = Message(
+                    frame.compression, frame.flags, frame.session, frame.meta, frame.body
+                )
+                filtered = await run_chain(self.filters, True, message, conn)
+        except DeadlineExceeded:
+            raise
+        except TimeoutError:
+            raise DeadlineExceeded(f"no response within {timeout}s (client timeout)") from None
+        if filtered is None:
+            raise ConnectionLost("response dropped by a client filter")
+        return _unwrap(filtered)
 
     # ------------------------------------------------------------------ closing
 
@@ -552,6 +597,17 @@ def _call_headers(
             raise DeadlineExceeded("deadline already passed before the call was sent")
         fields[TIMEOUT_HEADER] = str(int(timeout * 1e6))
     return timeout, explicit, headers.encode(fields) if fields else b""
+
+
+def _unwrap(message: Message) -> tuple[int, memoryview]:
+    """Status and message body of a response, payload headers stripped."""
+    if message.compression > Compression.DISABLED:
+        name = Compression(message.compression).name.lower()
+        raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
+    body = memoryview(message.body)
+    if message.flags & FLAG_PAYLOAD_HEADERS:
+        _, body = headers.split(body)
+    return message.meta, body
 
 
 def _expire(future: _CallResult, timeout: float) -> None:

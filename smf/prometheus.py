@@ -9,7 +9,11 @@ and this collector reads them when Prometheus scrapes.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -19,9 +23,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .client import Client
-from .metrics import MethodStats
-from .server import Server
+from .client import Client, ClientStats
+from .metrics import LatencyRecorder, MethodTable
+from .server import Server, ServerStats
 
 # Bucket upper bounds in seconds for the latency histograms (25 µs .. 10 s).
 BUCKETS = (
@@ -30,35 +34,65 @@ BUCKETS = (
 )  # fmt: skip
 
 
-def _histogram(stats: MethodStats) -> tuple[list[tuple[str, float]], float]:
-    h = stats.latency_us.histogram()
-    total = h.get_total_count()
-    buckets: list[tuple[str, float]] = []
-    if total:
-        counts: dict[float, int] = dict.fromkeys(BUCKETS, 0)
-        for item in h.get_recorded_iterator():
-            seconds = h.get_highest_equivalent_value(item.value_iterated_to) / 1e6
-            for bound in BUCKETS:
-                if seconds <= bound:
-                    counts[bound] += item.count_added_in_this_iter_step
-                    break
-        running = 0
+def _buckets(totals: dict[int, int]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets and the sum in seconds, from µs counts."""
+    counts = dict.fromkeys(BUCKETS, 0)
+    total = 0
+    sum_s = 0.0
+    for us, n in totals.items():
+        seconds = us / 1e6
+        total += n
+        sum_s += seconds * n
         for bound in BUCKETS:
-            running += counts[bound]
-            buckets.append((repr(bound), float(running)))
-    else:
-        buckets = [(repr(b), 0.0) for b in BUCKETS]
+            if seconds <= bound:
+                counts[bound] += n
+                break
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound in BUCKETS:
+        running += counts[bound]
+        buckets.append((repr(bound), float(running)))
     buckets.append(("+Inf", float(total)))
-    mean_s = h.get_mean_value() / 1e6 if total else 0.0
-    return buckets, mean_s * total
+    return buckets, sum_s
+
+
+@dataclass
+class _MethodRow:
+    name: str
+    statuses: dict[int, int]
+    recorder: LatencyRecorder
+    fresh: dict[int, int]  # drained on the loop thread, folded on the scraper's
+
+
+@dataclass
+class _Snapshot:
+    servers: list[tuple[ServerStats, int, list[_MethodRow]]]
+    clients: list[tuple[ClientStats, list[_MethodRow]]]
+
+
+def _rows(table: MethodTable) -> list[_MethodRow]:
+    return [_MethodRow(m.name, dict(m.statuses), m.latency_us, m.latency_us.drain()) for m in table]
 
 
 class MetricsExporter:
     """A Prometheus collector over any number of servers and clients."""
 
-    def __init__(self, servers: Sequence[Server] = (), clients: Sequence[Client] = ()) -> None:
+    def __init__(
+        self,
+        servers: Sequence[Server] = (),
+        clients: Sequence[Client] = (),
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Create it on the event loop that runs ``servers`` and ``clients`` (or pass
+        ``loop``): scrapes from other threads read the counters on that loop."""
         self.servers = list(servers)
         self.clients = list(clients)
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self.loop = loop
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -77,7 +111,32 @@ class MetricsExporter:
     def describe(self) -> Iterable[Metric]:
         return []
 
+    def _snapshot(self) -> _Snapshot:
+        """Copy what is needed; runs on the event loop, so nothing changes meanwhile."""
+        return _Snapshot(
+            servers=[
+                (dataclasses.replace(s.stats), len(s.tasks), _rows(s.methods)) for s in self.servers
+            ],
+            clients=[(dataclasses.replace(c.stats), _rows(c.methods)) for c in self.clients],
+        )
+
+    def _take_snapshot(self) -> _Snapshot:
+        loop = self.loop
+        if loop is None or not loop.is_running() or _on_loop_thread(loop):
+            return self._snapshot()
+        done: concurrent.futures.Future[_Snapshot] = concurrent.futures.Future()
+
+        def take() -> None:
+            try:
+                done.set_result(self._snapshot())
+            except BaseException as exc:  # delivered to the scraping thread
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(take)
+        return done.result(timeout=10)
+
     def collect(self) -> Iterator[Metric]:
+        snap = self._take_snapshot()
         conns = GaugeMetricFamily("smf_server_connections", "Open server connections")
         accepted = CounterMetricFamily("smf_server_connections_accepted", "Accepted connections")
         in_flight = GaugeMetricFamily("smf_server_in_flight", "Requests being served")
@@ -94,22 +153,22 @@ class MetricsExporter:
         latency = HistogramMetricFamily(
             "smf_server_latency_seconds", "Server-side request latency", labels=["method"]
         )
-        for server in self.servers:
-            st = server.stats
+        for st, running, rows in snap.servers:
             conns.add_metric([], st.connections_open)
             accepted.add_metric([], st.connections_accepted)
-            in_flight.add_metric([], len(server.tasks))
+            in_flight.add_metric([], running)
             bad.add_metric([], st.bad_frames)
             stalled.add_metric([], st.stalled_connections)
             no_route.add_metric([], st.no_route)
             too_large.add_metric([], st.oversized_requests)
             bytes_io.add_metric(["in"], st.bytes_in)
             bytes_io.add_metric(["out"], st.bytes_out)
-            for m in server.methods:
-                for status, n in sorted(m.statuses.items()):
-                    requests.add_metric([m.name, str(status)], n)
-                buckets, total = _histogram(m)
-                latency.add_metric([m.name], buckets, total)
+            for row in rows:
+                for status, n in sorted(row.statuses.items()):
+                    requests.add_metric([row.name, str(status)], n)
+                row.recorder.fold(row.fresh)
+                buckets, total = _buckets(row.recorder.totals)
+                latency.add_metric([row.name], buckets, total)
         yield from (conns, accepted, in_flight, bad, stalled, no_route, too_large, bytes_io)
         yield from (requests, latency)
 
@@ -121,12 +180,20 @@ class MetricsExporter:
         )
         timeouts = CounterMetricFamily("smf_client_timeouts", "Calls that timed out")
         late = CounterMetricFamily("smf_client_late_replies", "Replies after timeout/cancel")
-        for client in self.clients:
-            timeouts.add_metric([], client.stats.timeouts)
-            late.add_metric([], client.stats.late_replies)
-            for m in client.methods:
-                for status, n in sorted(m.statuses.items()):
-                    calls.add_metric([m.name, str(status)], n)
-                buckets, total = _histogram(m)
-                client_latency.add_metric([m.name], buckets, total)
+        for cst, rows in snap.clients:
+            timeouts.add_metric([], cst.timeouts)
+            late.add_metric([], cst.late_replies)
+            for row in rows:
+                for status, n in sorted(row.statuses.items()):
+                    calls.add_metric([row.name, str(status)], n)
+                row.recorder.fold(row.fresh)
+                buckets, total = _buckets(row.recorder.totals)
+                client_latency.add_metric([row.name], buckets, total)
         yield from (calls, client_latency, timeouts, late)
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -145,6 +145,10 @@ class ServerConnection(FramedConnection):
 
     def can_pull(self) -> bool:
         server = self.server
+        if self._write_paused:
+            # The peer is not reading its answers: stop reading its questions.
+            server.stats.reads_paused += 1
+            return False
         if len(self.in_flight) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
@@ -153,6 +157,11 @@ class ServerConnection(FramedConnection):
             server.budget.wait(self)
             return False
         return True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._reading_paused:
+            self.resume_pulling()
 
     def frame_error(self, error: FrameError) -> None:
         self.server.stats.bad_frames += 1
@@ -260,6 +269,10 @@ class ServerConnection(FramedConnection):
                 result: Payload = await handler(ctx, body)
             else:
                 result = await self._invoke(handler, ctx, body)
+            if not isinstance(result, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"handler returned {type(result).__name__}, not bytes, bytearray or memoryview"
+                )
             if not (len(result) if not isinstance(result, memoryview) else result.nbytes):
                 status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
         except RpcError as exc:
@@ -281,30 +294,43 @@ class ServerConnection(FramedConnection):
             server.tasks.discard(task)
             if dropped:
                 self._finish(frame.body, cost)
-        out_compression = 0
-        if server.filters:
-            try:
-                message = await run_chain(
-                    server.filters, False, Message(0, 0, ctx.session, status, result), self
-                )
-            except RpcError as exc:
-                message = Message(
-                    0, 0, ctx.session, exc.status, _error_body(exc.status, exc.message)
-                )
-            except Exception as exc:
-                log.exception("outgoing filter raised")
-                status = Status.INTERNAL_ERROR
-                message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
-            if message is None:
-                self._finish(frame.body, cost)
-                return
-            status, result, out_compression = message.meta, message.body, message.compression
-        self.reply(ctx.session, status, result, out_compression)
+        try:
+            if server.filters:
+                await self._respond_filtered(ctx, status, result, frame.body.nbytes, started_ns)
+            else:
+                self._respond(ctx, status, result, frame.body.nbytes, started_ns)
+        finally:
+            self._finish(frame.body, cost)
+
+    def _respond(
+        self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
+    ) -> None:
+        self.reply(ctx.session, status, result)
         size = len(result) if not isinstance(result, memoryview) else result.nbytes
-        server.methods.get(ctx.wire_id).record(
-            status, time.perf_counter_ns() - started_ns, frame.body.nbytes, size
+        self.server.methods.get(ctx.wire_id).record(
+            status, time.perf_counter_ns() - started_ns, size_in, size
         )
-        self._finish(frame.body, cost)
+
+    async def _respond_filtered(
+        self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
+    ) -> None:
+        try:
+            message = await run_chain(
+                self.server.filters, False, Message(0, 0, ctx.session, status, result), self
+            )
+        except RpcError as exc:
+            error = _error_body(exc.status, exc.message)
+            message = Message(0, 0, ctx.session, exc.status, error)
+        except Exception as exc:
+            log.exception("outgoing filter raised")
+            status = Status.INTERNAL_ERROR
+            message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
+        if message is None:
+            return  # dropped by a filter
+        self.reply(ctx.session, message.meta, message.body, message.compression)
+        self.server.methods.get(ctx.wire_id).record(
+            message.meta, time.perf_counter_ns() - started_ns, size_in, _payload_size(message.body)
+        )
 
     async def _invoke(self, handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
         """The handler under its deadline and/or a tracing span."""
@@ -331,12 +357,21 @@ class ServerConnection(FramedConnection):
         return True
 
 
+def _payload_size(body: Payload) -> int:
+    return body.nbytes if isinstance(body, memoryview) else len(body)
+
+
 def _deadline(timeout_us: str) -> float:
-    try:
-        micros = int(timeout_us)
-    except ValueError:
-        raise BadRequest(f"{TIMEOUT_HEADER} header is not an integer: {timeout_us!r}") from None
-    return time.monotonic() + micros / 1e6
+    # Strict: an optional "-" (already expired) and 1-18 ASCII digits (~31 years), as a
+    # C++ peer would parse it; int() alone takes "+1", "1_000", full-width digits, or
+    # a 400-digit number.
+    digits = timeout_us[1:] if timeout_us.startswith("-") else timeout_us
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
+        raise BadRequest(
+            f"{TIMEOUT_HEADER} header must be an integer of at most 18 ASCII digits "
+            f"(microseconds), not {timeout_us[:40]!r}"
+        )
+    return time.monotonic() + int(timeout_us) / 1e6
 
 
 async def _run_with_deadline(handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
