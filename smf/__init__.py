@@ -1,6 +1,6 @@
 """smf for Python: low-latency RPC with FlatBuffers stubs, wire-compatible with C++ smf."""
 
-from .client import Backoff, Client, ClientStats, SessionTable
+from .client import DEFAULT, Backoff, Client, ClientStats, Default, SessionTable
 from .context import CallContext
 from .errors import (
     BadRequest,
@@ -22,6 +22,7 @@ from .server import Server, ServerStats
 from .wire import Compression, FrameDecoder, Status
 
 __all__ = [
+    "DEFAULT",
     "Backoff",
     "BadRequest",
     "CallContext",
@@ -30,6 +31,7 @@ __all__ = [
     "Compression",
     "ConnectionLost",
     "DeadlineExceeded",
+    "Default",
     "FrameDecoder",
     "FrameError",
     "Handler",

@@ -43,12 +43,14 @@ from .wire import (
 log = logging.getLogger("smf.client")
 
 
-class _Default:
+class Default:
+    """The type of ``DEFAULT`` (for annotations: ``timeout: float | Default | None``)."""
+
     def __repr__(self) -> str:
         return "DEFAULT"
 
 
-DEFAULT: Final = _Default()
+DEFAULT: Final = Default()
 """Sentinel: use the client's default timeout."""
 
 _CallResult = asyncio.Future[Frame]
@@ -385,7 +387,7 @@ class Client:
         wire_id: int,
         payload: Payload,
         *,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | Default | None = DEFAULT,
         metadata: Mapping[str, str] | None = None,
     ) -> memoryview:
         """Send one request and return the response body (a view over this client's
@@ -410,11 +412,11 @@ class Client:
         self,
         wire_id: int,
         payload: Payload,
-        timeout: float | _Default | None,
+        timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
     ) -> memoryview:
-        explicit = not isinstance(timeout, _Default)
-        t: float | None = timeout if not isinstance(timeout, _Default) else self.timeout
+        explicit = not isinstance(timeout, Default)
+        t: float | None = timeout if not isinstance(timeout, Default) else self.timeout
         parent = current_call.get()
         prefix = b""
         if parent is not None or metadata or (explicit and t is not None):

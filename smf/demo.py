@@ -1,79 +1,88 @@
-"""``python -m smf demo``: a server and a client on loopback, in two processes, and the
-latency of a few thousand echo calls."""
+"""``smf demo``: the whole workflow in one command.
+
+1. ``smfc`` generates typed stubs from ``idl/demo.fbs`` (the real flatc parses it);
+2. ``examples/demo/server.py`` serves ``SmfStorage`` from those stubs, in its own process;
+3. ``smf bench`` loads ``SmfStorage.Get`` sequentially, then with 64 calls in flight,
+   and prints the latency percentiles.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 
-from .client import Client
-from .context import CallContext
+from .bench import BenchError, LoadSpec, format_table, resolve_target, run_load
 from .loop import run
-from .server import Server
 
-ECHO_ID = 0x5EC0
-
-
-async def _echo(ctx: CallContext, body: memoryview) -> memoryview:
-    return body
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "idl" / "demo.fbs"
+SERVER = ROOT / "examples" / "demo" / "server.py"
+REQUEST = {"name": "a sixty-byte request: the payload of smf's own latency demo.."}
 
 
-def _serve(port_out: multiprocessing.Queue[int], stop: EventType) -> None:
-    async def main() -> None:
-        server = Server()
-        server.add_handler(ECHO_ID, _echo, "Demo.Echo")
-        await server.start("127.0.0.1", 0)
-        port_out.put(server.port)
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await server.stop()
-
-    run(main())
-
-
-def percentile(sorted_ns: list[int], q: float) -> float:
-    index = min(len(sorted_ns) - 1, max(0, round(q / 100 * len(sorted_ns)) - 1))
-    return sorted_ns[index] / 1000
-
-
-async def _measure(port: int, calls: int, payload: bytes) -> tuple[list[int], float]:
-    async with Client("127.0.0.1", port) as client:
-        for _ in range(min(1000, calls)):  # warm-up
-            await client.call(ECHO_ID, payload)
-        latencies = []
-        start = time.perf_counter()
-        for _ in range(calls):
-            t0 = time.perf_counter_ns()
-            await client.call(ECHO_ID, payload)
-            latencies.append(time.perf_counter_ns() - t0)
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return latencies, calls / elapsed
+def _start_server(stubs: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0", "--stubs", str(stubs)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "SmfStorage listening on 127.0.0.1:PORT"
+    if "listening on" not in line:
+        proc.kill()
+        raise BenchError(f"demo server did not start (said {line!r})")
+    return proc, int(line.rsplit(":", 1)[1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smf demo", description=__doc__)
-    parser.add_argument("--calls", type=int, default=5000)
-    parser.add_argument("--size", type=int, default=60, help="payload bytes")
+    parser = argparse.ArgumentParser(prog="smf demo", description=__doc__)
+    parser.add_argument("--calls", type=int, default=20_000, help="calls per phase")
     args = parser.parse_args(argv)
-    ctx = multiprocessing.get_context("spawn")
-    ports: multiprocessing.Queue[int] = ctx.Queue()
-    stop = ctx.Event()
-    proc = ctx.Process(target=_serve, args=(ports, stop), daemon=True)
-    proc.start()
-    try:
-        port = ports.get(timeout=30)
-        print(f"server process {proc.pid} listening on 127.0.0.1:{port}")
-        lat, rate = run(_measure(port, args.calls, b"x" * args.size))
-    finally:
-        stop.set()
-        proc.join(10)
-    print(f"{args.calls} sequential echo calls of {args.size} bytes, client and server processes:")
-    for q in (50, 90, 99, 99.9):
-        print(f"  p{q:<5} {percentile(lat, q):8.1f} us")
-    print(f"  max    {lat[-1] / 1000:8.1f} us")
-    print(f"  {rate:,.0f} calls/s")
+    if not SCHEMA.exists() or not SERVER.exists():
+        print("smf demo: run it from a checkout of the repository", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="smf-demo-") as tmp:
+        stubs = Path(tmp) / "stubs"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "codegen.cli", "-o", str(stubs), str(SCHEMA)],
+            check=True,
+            cwd=ROOT,
+        )
+        files = sorted(p.relative_to(stubs) for p in stubs.rglob("*.py*"))
+        print(f"1. smfc {SCHEMA.relative_to(ROOT)} -> {len(files)} files in "
+              f"{(time.perf_counter() - t0) * 1e3:.0f} ms: "
+              + ", ".join(str(f) for f in files if f.name.endswith("_smf.py")))  # fmt: skip
+        proc, port = _start_server(stubs)
+        print(f"2. examples/demo/server.py (pid {proc.pid}) serves SmfStorage on 127.0.0.1:{port}")
+        try:
+            target = resolve_target(SCHEMA, "SmfStorage.Get", json.dumps(REQUEST))
+            print(f"3. smf bench 127.0.0.1:{port} --schema idl/demo.fbs --method SmfStorage.Get")
+            for connections, concurrency in ((1, 1), (1, 64)):
+                spec = LoadSpec(
+                    host="127.0.0.1",
+                    port=port,
+                    target=target,
+                    connections=connections,
+                    concurrency=concurrency,
+                    calls=args.calls,
+                    warmup=2000,
+                )
+                result = run(run_load(spec))
+                print()
+                print(format_table(spec, result))
+        except BenchError as exc:
+            print(f"smf demo: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"\nnext: `smf bench --help`, {os.path.relpath(ROOT / 'bench')}/ for the comparison "
+          "with grpc.aio and a raw socket")  # fmt: skip
     return 0

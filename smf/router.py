@@ -17,7 +17,9 @@ exception answers 500 with the error text."""
 
 
 class Service(Protocol):
-    """Anything that names itself and maps wire ids to handlers (generated code does)."""
+    """Anything that names itself and maps wire ids to handlers (generated code does).
+    It may also carry ``method_names: Mapping[int, str]`` (wire id → "Service.Method")
+    for metrics and logs."""
 
     service_name: str
 
@@ -39,10 +41,12 @@ class ServiceRouter:
                     f"wire id {wire_id} of service {service.service_name!r} is already "
                     f"served by {self._owners[wire_id]!r}"
                 )
+        # Generated services name their methods; otherwise the handler's name is used.
+        names: Mapping[int, str] = getattr(service, "method_names", {})
         for wire_id, handler in handlers.items():
             self._handlers[wire_id] = handler
             method = getattr(handler, "__name__", str(wire_id))
-            self._owners[wire_id] = f"{service.service_name}.{method}"
+            self._owners[wire_id] = names.get(wire_id, f"{service.service_name}.{method}")
 
     def add_handler(self, wire_id: int, handler: Handler, owner: str = "?") -> None:
         if wire_id in self._handlers:

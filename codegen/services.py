@@ -1,0 +1,302 @@
+"""Checks services against smf's rules and renders their stub modules (``S_smf.py``)."""
+
+from __future__ import annotations
+
+import keyword
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+
+import jinja2
+
+from .layout import parameter, parenthesized
+from .model import Method, Object, Schema, Service
+from .tables import ImportTable, module_of
+
+STUB_SUFFIX = "_smf"
+
+# Names the generated classes define themselves (a method may not take them).
+RESERVED_METHOD_NAMES = frozenset({"service_name", "method_handlers", "client"})
+
+# Module-level names every stub module binds (an imported type must not shadow them).
+_MODULE_NAMES = frozenset(
+    {
+        # imports
+        "annotations",
+        "Any",
+        "BadRequest",
+        "CallContext",
+        "Client",
+        "DEFAULT",
+        "Final",
+        "Handler",
+        "Mapping",
+        "Payload",
+        "Protocol",
+        "Default",
+        "flatbuffers",
+        # constants and helpers
+        "METHOD_NAMES",
+        "SERVICE_FQN",
+        "SERVICE_ID",
+        "SERVICE_NAME",
+        "_BUILDER_SIZE",
+        "_Packable",
+        "_as_root",
+        "_check_root",
+        "_pack",
+        "_repack",
+        "_unexpected",
+        "_unimplemented",
+    }
+)
+
+
+def stub_module(service: Service) -> str:
+    """The module smfc writes a service's stubs into: ``<namespace>.<Service>_smf``."""
+    return ".".join((*service.namespace, service.short_name + STUB_SUFFIX))
+
+
+def problems(schema: Schema) -> list[str]:
+    """What smf cannot serve or Python cannot name, one message per fault."""
+    out: list[str] = []
+    owners: dict[int, str] = {}
+    type_modules = {module_of(q) for q in (*schema.objects, *schema.enums)}
+    for service in sorted(schema.services.values(), key=lambda s: s.name):
+        where = f"rpc_service {service.name}"
+        if service.declaration_file:
+            where += f" ({service.declaration_file})"
+        for part in service.name.split("."):
+            if keyword.iskeyword(part):
+                out.append(f"{where}: {part!r} is a Python keyword")
+        for cls in (service.short_name, service.short_name + "Client"):
+            if cls in _MODULE_NAMES:
+                out.append(f"{where}: its class {cls} would hide a name the stub module needs")
+        if stub_module(service) in type_modules:
+            out.append(
+                f"{where}: its stub module {stub_module(service)} has the name of a type's module"
+            )
+        for method in service.methods:
+            at = f"{where}: method {method.name}"
+            if keyword.iskeyword(method.name):
+                out.append(f"{at}: {method.name!r} is a Python keyword")
+            elif method.name in RESERVED_METHOD_NAMES | _MODULE_NAMES or (
+                method.name.startswith("__") and method.name.endswith("__")
+            ):
+                out.append(f"{at}: the name is taken by the generated classes")
+            streaming = method.attributes.get("streaming", "none")
+            if streaming != "none":
+                out.append(f"{at}: streaming ({streaming!r}) is not supported, smf calls are unary")
+            wire_id = service.wire_id(method)
+            owner = f"{service.name}.{method.name}"
+            if wire_id in owners:
+                out.append(f"{at}: wire id {wire_id} is also the wire id of {owners[wire_id]}")
+            else:
+                owners[wire_id] = owner
+    return out
+
+
+@dataclass
+class _MethodView:
+    name: str
+    method_id: int
+    wire_id: int
+    id_text: str
+    request: str  # local class names
+    request_t: str
+    response: str
+    response_t: str
+    server_doc: str  # rendered docstrings
+    client_doc: str
+    server_returns: str  # rendered lines: the server method's return annotation
+    client_request: str  # and the client method's request parameter
+
+
+@dataclass
+class _ServiceView:
+    source_file: str
+    fqn: str
+    name: str
+    client: str
+    service_id: int
+    imports: list[str]
+    methods: list[_MethodView]
+    module_doc: str = ""
+    server_doc: str = ""
+    client_doc: str = ""
+    encoders: list[tuple[str, str, str]] = field(default_factory=list)  # (fn, table, T)
+
+
+def docstring(lines: Iterable[str], indent: str = "") -> str:
+    """A docstring at ``indent`` holding ``lines`` (blank ones separate paragraphs), each
+    wrapped to 100 columns on its own so that the schema's line breaks survive."""
+    width = 100 - len(indent)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        text = line.replace("\\", "\\\\").replace('"""', "'''").rstrip()
+        if not text:
+            out.append("")
+            continue
+        out += textwrap.wrap(
+            text,
+            width=width,
+            initial_indent='"""' if i == 0 else "",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    while out and not out[-1]:
+        out.pop()
+    if len(out) == 1 and len(out[0]) + 3 <= width and not out[0].endswith('"'):
+        return f'{indent}{out[0]}"""'
+    body = "\n".join(f"{indent}{line}" if line else "" for line in out)
+    return f'{body}\n{indent}"""'
+
+
+_SERVER_DOC = (
+    "A method gets the request as a table over the connection's receive buffer (no copy; "
+    "valid until the method returns) and returns a finished FlatBuffer (bytes-like, sent as "
+    "is), an object-API instance (packed for you) or a table (sent as is when it is the root "
+    "of its buffer, such as a request). Methods not overridden answer 501."
+)
+_CLIENT_DOC = (
+    "A method takes the request as a finished FlatBuffer (bytes-like), an object-API "
+    "instance or a table, and returns the response table over the client's receive buffer "
+    "(valid while you hold it). Non-200 statuses raise ``smf.RpcError`` subclasses. "
+    "``timeout`` and ``metadata`` are those of ``smf.Client.call``."
+)
+
+
+def _with_docs(first: str, docs: tuple[str, ...], *rest: str) -> list[str]:
+    lines = [first]
+    if docs:
+        lines += ["", *docs]
+    for paragraph in rest:
+        lines += ["", paragraph]
+    return lines
+
+
+def _view(service: Service) -> _ServiceView:
+    name = service.short_name
+    client = name + "Client"
+    method_names = {m.name for m in service.methods}
+    taken = {*_MODULE_NAMES, *method_names, name, client, *RESERVED_METHOD_NAMES}
+    for m in service.methods:
+        taken.update({f"{m.name}_METHOD_ID", f"{m.name}_WIRE_ID"})
+    imports = ImportTable(taken)
+
+    def local(obj: Object, suffix: str = "") -> str:
+        return imports.name(obj.name, suffix)
+
+    methods = []
+    for m in service.methods:  # every method's request, then its response: a stable order
+        lines = _with_docs(f"``{_signature(service, m)}``.", m.documentation)
+        methods.append(
+            _MethodView(
+                name=m.name,
+                method_id=m.method_id,
+                wire_id=service.wire_id(m),
+                id_text=m.id_text,
+                request=local(m.request),
+                request_t=local(m.request, "T"),
+                response=local(m.response),
+                response_t=local(m.response, "T"),
+                server_doc=docstring(lines, " " * 8),
+                client_doc=docstring(lines, " " * 8),
+                server_returns="\n".join(
+                    parenthesized(
+                        "    ",
+                        ") -> ",
+                        f"{local(m.response)} | {local(m.response, 'T')} | Payload",
+                        ":",
+                    )
+                ),
+                client_request="\n".join(
+                    parameter(
+                        " " * 8,
+                        "request",
+                        f"{local(m.request)} | {local(m.request, 'T')} | Payload",
+                        ",",
+                    )
+                ),
+            )
+        )
+    view = _ServiceView(
+        source_file=service.declaration_file,
+        fqn=service.name,
+        name=name,
+        client=client,
+        service_id=service.service_id,
+        imports=imports.lines(),
+        methods=methods,
+        module_doc=docstring(
+            _with_docs(
+                f"smf stubs for ``rpc_service {service.name}``.",
+                service.documentation,
+                f"The server side is ``{name}``: subclass it, override the methods you serve "
+                "and pass an instance to ``smf.Server.add_service``. The client side is "
+                f"``{client}``, over an ``smf.Client``.",
+            )
+        ),
+        server_doc=docstring(
+            [
+                f"The server side of ``{service.name}``: override the methods you serve.",
+                "",
+                _SERVER_DOC,
+            ],
+            " " * 4,
+        ),
+        client_doc=docstring(
+            [f"The client side of ``{service.name}`` over an ``smf.Client``.", "", _CLIENT_DOC],
+            " " * 4,
+        ),
+    )
+    seen: set[str] = set()
+    for mv in methods:
+        for table, table_t in ((mv.request, mv.request_t), (mv.response, mv.response_t)):
+            if table not in seen:
+                seen.add(table)
+                view.encoders.append((f"_encode_{table}", table, table_t))
+    return view
+
+
+def _signature(service: Service, method: Method) -> str:
+    ns = service.namespace
+
+    def short(obj: Object) -> str:
+        return obj.short_name if obj.namespace == ns else obj.name
+
+    return f"{method.name}({short(method.request)}): {short(method.response)}"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("codegen", "templates"),
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def encoder_name(view: _ServiceView, table: str) -> str:
+    for fn, t, _ in view.encoders:
+        if t == table:
+            return fn
+    raise KeyError(table)
+
+
+def _value_param(table: str, table_t: str) -> str:
+    return "\n".join(parameter("    ", "value", f"{table} | {table_t} | Payload", ","))
+
+
+def render_service(service: Service) -> str:
+    view = _view(service)
+    template = _environment().get_template("service.py.j2")
+    return template.render(
+        s=view,
+        encoder=lambda table: encoder_name(view, table),
+        value_param=_value_param,
+    )
