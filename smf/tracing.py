@@ -6,18 +6,20 @@ to the calls it makes (see ``smf.client``)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+# Imported by name so the module type-checks the same with or without OpenTelemetry.
 _otel_context: Any
 _otel_trace: Any
 _propagator: Any
 try:
-    from opentelemetry import context as _otel_context
-    from opentelemetry import trace as _otel_trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    _propagator = TraceContextTextMapPropagator()
+    _otel_context = importlib.import_module("opentelemetry.context")
+    _otel_trace = importlib.import_module("opentelemetry.trace")
+    _propagator = importlib.import_module(
+        "opentelemetry.trace.propagation.tracecontext"
+    ).TraceContextTextMapPropagator()
 except ImportError:  # pragma: no cover - exercised only where OpenTelemetry is absent
     _otel_context = _otel_trace = _propagator = None
 _NOOP_PROVIDERS = ("ProxyTracerProvider", "NoOpTracerProvider")
