@@ -1,0 +1,680 @@
+"""Latency benchmark: smf unary echo against a raw uvloop echo with the same framing.
+
+Run from the repository root::
+
+    python bench/latency.py                  # table, 5 alternating repeats
+    python bench/latency.py --json           # machine-readable result
+    python bench/latency.py --calls 5000 --repeats 3
+
+What is measured (bench/README.md has the numbers we got and how to read them):
+
+* A 60-byte body is echoed over TCP loopback. Server and client always run in two
+  separate, freshly started processes (``subprocess``; nothing pinned), both on uvloop.
+* **raw** is the floor: a minimal ``asyncio.Protocol`` server that parses the 16-byte
+  ``<bBHIII`` smf header and writes the complete frames it got back unchanged (one write
+  per read), and a minimal client protocol that packs a header, writes header + body and
+  resolves a future by session when the echo arrives.
+* **smf**: ``smf.Server`` with ``add_handler(wire_id, h)``, ``async def h(ctx, body):
+  return body`` (zero-copy echo), and ``smf.Client.call`` with default settings, both on
+  ``smf.run`` (uvloop).
+* **sequential**: one call at a time; per-call latency with ``time.perf_counter_ns``.
+* **window**: ``--window`` (64) client coroutines each issue calls back to back, so 64
+  are in flight; per-call latency (send to response, as the caller sees it) and calls/s.
+* Both systems get the same payload, call counts, warmup and process layout. Repeats
+  alternate the order (raw, smf, smf, raw, ...); every number in the table is the median
+  over repeats. Percentiles are exact (all samples sorted, nearest rank).
+* Placement: nothing is pinned, so the scheduler decides whether client and server share
+  a CPU, and on a small VM that dominates latency (sharing one: no cross-CPU wake-up).
+  Every 100 ms the parent samples the CPU each process last ran on; the share of samples
+  where they shared one is reported per run and phase, with medians per placement class.
+  ``--pin S,C`` pins server and client to CPUs S and C instead (a low-variance diagnostic
+  for A/B work; the default pins nothing).
+
+Targets (PASS/MISS, judged on the medians of all repeats; a miss never changes the exit
+status): sequential p50 within 1.3x and p99 within 1.5x of raw; window calls/s at least
+40% of raw's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import select
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+HEADER = struct.Struct("<bBHIII")
+HEADER_SIZE = HEADER.size  # 16
+# Any nonzero id works; this is SmfStorage.Get of the smf demo schema (see wire.md).
+WIRE_ID = 1792279101
+SYSTEMS = ("raw", "smf")
+MODES = ("sequential", "window")
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999))
+SAMPLE_INTERVAL = 0.1  # seconds between CPU-placement samples
+
+# (name, mode, metric, comparison, limit): smf/raw ratio targets from the issue.
+TARGETS = (
+    ("sequential p50 smf/raw", "sequential", "p50_us", "<=", 1.3),
+    ("sequential p99 smf/raw", "sequential", "p99_us", "<=", 1.5),
+    ("window calls/s smf/raw", "window", "calls_per_s", ">=", 0.40),
+)
+
+Call = Callable[[int, bytes], Awaitable[Any]]
+
+
+def make_payload(size: int) -> bytes:
+    return bytes(i % 251 for i in range(size))
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, Any]) -> Any:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def run_on_smf(main: Coroutine[Any, Any, Any]) -> Any:
+    import smf
+
+    return smf.run(main)
+
+
+# ============================================================================ raw floor
+
+
+class RawEchoServer(asyncio.Protocol):
+    """Parses headers and echoes every complete frame back unchanged, one write per read."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        unpack = HEADER.unpack_from
+        while n - pos >= HEADER_SIZE:
+            end = pos + HEADER_SIZE + unpack(buf, pos)[3]
+            if end > n:
+                break
+            pos = end
+        if pos:
+            self.transport.write(bytes(buf[:pos]))
+            del buf[:pos]
+
+
+class RawClient(asyncio.Protocol):
+    """Header + body out (one write per call); responses matched to futures by session."""
+
+    transport: asyncio.Transport
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.next_session = 1
+        self.buf = bytearray()
+        self.checksums: dict[bytes, int] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        unpack = HEADER.unpack_from
+        pending = self.pending
+        while n - pos >= HEADER_SIZE:
+            _, _, session, size, _, _ = unpack(buf, pos)
+            end = pos + HEADER_SIZE + size
+            if end > n:
+                break
+            fut = pending.pop(session, None)
+            if fut is not None and not fut.done():
+                fut.set_result(bytes(buf[pos + HEADER_SIZE : end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("raw echo connection lost"))
+
+    async def call(self, wire_id: int, payload: bytes) -> bytes:
+        session = self.next_session
+        self.next_session = session + 1 if session < 0xFFFF else 1
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        self.pending[session] = fut
+        # The body never changes in this benchmark: its checksum is computed once.
+        csum = self.checksums.get(payload)
+        if csum is None:
+            csum = self.checksums[payload] = xxhash.xxh64_intdigest(payload) & 0xFFFFFFFF
+        self.transport.write(HEADER.pack(0, 0, session, len(payload), csum, wire_id) + payload)
+        return await fut
+
+
+async def serve_raw() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(RawEchoServer, "127.0.0.1", 0)
+    await _serve_until_stdin_closes(server.sockets[0].getsockname()[1])
+    server.close()
+
+
+async def client_raw(port: int, opts: dict[str, int]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(RawClient, "127.0.0.1", port)
+    try:
+        return await drive(proto.call, opts)
+    finally:
+        transport.close()
+
+
+# ============================================================================ smf
+
+
+async def serve_smf() -> None:
+    import smf
+
+    async def echo(ctx: smf.CallContext, body: memoryview) -> memoryview:
+        return body
+
+    server = smf.Server()
+    server.add_handler(WIRE_ID, echo, "bench.echo")
+    await server.start("127.0.0.1", 0)
+    await _serve_until_stdin_closes(server.port)
+    await server.stop(grace=1.0)
+
+
+async def client_smf(port: int, opts: dict[str, int]) -> dict[str, Any]:
+    import smf
+
+    client = smf.Client("127.0.0.1", port)
+    await client.connect()
+    try:
+        return await drive(client.call, opts)
+    finally:
+        await client.close()
+
+
+# ============================================================================ drivers
+
+
+async def _serve_until_stdin_closes(port: int) -> None:
+    """Announce the port, then serve until the parent closes our stdin."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096) and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+    await done
+    loop.remove_reader(fd)
+
+
+async def sequential(call: Call, payload: bytes, n: int) -> tuple[array[int], int]:
+    lat = array("q", bytes(8 * n))
+    clock = time.perf_counter_ns
+    start = clock()
+    for i in range(n):
+        t0 = clock()
+        await call(WIRE_ID, payload)
+        lat[i] = clock() - t0
+    return lat, clock() - start
+
+
+async def windowed(call: Call, payload: bytes, n: int, window: int) -> tuple[array[int], int]:
+    lat = array("q", bytes(8 * n))
+    clock = time.perf_counter_ns
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < n:
+            i = next_index
+            next_index = i + 1
+            t0 = clock()
+            await call(WIRE_ID, payload)
+            lat[i] = clock() - t0
+
+    start = clock()
+    await asyncio.gather(*(worker() for _ in range(min(window, n))))
+    return lat, clock() - start
+
+
+def summarize(lat: array[int], elapsed_ns: int) -> dict[str, float]:
+    samples = sorted(lat)
+    n = len(samples)
+    out: dict[str, float] = {"calls": n}
+    for name, q in PERCENTILES:
+        out[f"{name}_us"] = samples[min(n - 1, max(0, math.ceil(q * n) - 1))] / 1000
+    out["max_us"] = samples[-1] / 1000
+    out["mean_us"] = sum(samples) / n / 1000
+    out["calls_per_s"] = n / (elapsed_ns / 1e9)
+    return out
+
+
+async def drive(call: Call, opts: dict[str, int]) -> dict[str, Any]:
+    """Warmup and timed run of each mode; returns summaries and each phase's span
+    (``time.monotonic``, comparable across processes) for the placement samples."""
+    payload = make_payload(opts["payload"])
+    if bytes(await call(WIRE_ID, payload)) != payload:  # check the echo once, untimed
+        raise RuntimeError("echo returned a different body")
+    result: dict[str, Any] = {"phases": {}}
+    for mode in MODES:
+        if opts["warmup"]:
+            if mode == "sequential":
+                await sequential(call, payload, opts["warmup"])
+            else:
+                await windowed(call, payload, opts["warmup"], opts["window"])
+        began = time.monotonic()
+        if mode == "sequential":
+            lat, elapsed = await sequential(call, payload, opts["calls"])
+        else:
+            lat, elapsed = await windowed(call, payload, opts["window_calls"], opts["window"])
+        result["phases"][mode] = (began, time.monotonic())
+        result[mode] = summarize(lat, elapsed)
+    return result
+
+
+# ============================================================================ orchestration
+
+
+def _child(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_port(proc: subprocess.Popen[str], timeout: float) -> int:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("PORT "):
+        proc.kill()
+        _, err = proc.communicate()
+        raise RuntimeError(f"server {proc.args!r} did not start: {line!r}\n{err}")
+    return int(line.split()[1])
+
+
+def _last_cpu(pid: int) -> int | None:
+    """The CPU ``pid`` last ran on (field 39 of /proc/PID/stat), if readable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat.rpartition(")")[2].split()[36])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class PlacementSampler(threading.Thread):
+    """Samples (time, server CPU, client CPU) while the client runs."""
+
+    def __init__(self, server_pid: int, client_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pids = (server_pid, client_pid)
+        self.samples: list[tuple[float, int, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_INTERVAL):
+            s, c = (_last_cpu(pid) for pid in self.pids)
+            if s is None or c is None:
+                return
+            self.samples.append((time.monotonic(), s, c))
+
+    def same_cpu_share(self, began: float, ended: float) -> float | None:
+        inside = [s == c for t, s, c in self.samples if began <= t <= ended]
+        return sum(inside) / len(inside) if inside else None
+
+
+def run_one(
+    system: str, opts: dict[str, int], timeout: float, pin: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """One server process and one client process for ``system``; the client's summary
+    plus the placement seen while each phase ran."""
+    server_args = ["--role", "server", "--system", system]
+    if pin is not None:
+        server_args += ["--cpu", str(pin[0])]
+    server = _child(server_args)
+    try:
+        port = _read_port(server, timeout)
+        client_args = ["--role", "client", "--system", system, "--port", str(port)]
+        for key, value in opts.items():
+            client_args += [f"--{key.replace('_', '-')}", str(value)]
+        if pin is not None:
+            client_args += ["--cpu", str(pin[1])]
+        client = _child(client_args)
+        sampler = PlacementSampler(server.pid, client.pid)
+        sampler.start()
+        try:
+            out, err = client.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.communicate()
+            raise RuntimeError(f"{system} client did not finish within {timeout}s") from None
+        finally:
+            sampler.done.set()
+            sampler.join()
+        if client.returncode != 0:
+            raise RuntimeError(f"{system} client failed ({client.returncode}):\n{err}")
+        result: dict[str, Any] = json.loads(out)
+        phases = result.pop("phases")
+        for mode in MODES:
+            result[mode]["same_cpu_share"] = sampler.same_cpu_share(*phases[mode])
+        return result
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def median_of(runs: list[dict[str, Any]], mode: str) -> dict[str, float]:
+    keys = [k for k, v in runs[0][mode].items() if isinstance(v, int | float)]
+    return {k: _median([run[mode][k] for run in runs]) for k in keys}
+
+
+def _placement(share: float | None) -> str:
+    if share is None:
+        return "unknown"
+    return "same-cpu" if share >= 0.5 else "split"
+
+
+def by_placement(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per mode and placement class: each system's medians (and run count), and ratios
+    where both systems had runs in that class."""
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        classes: dict[str, Any] = {}
+        for cls in ("same-cpu", "split"):
+            entry: dict[str, Any] = {}
+            for system in SYSTEMS:
+                chosen = [r for r in runs[system] if _placement(r[mode]["same_cpu_share"]) == cls]
+                if chosen:
+                    entry[system] = {"runs": len(chosen), **median_of(chosen, mode)}
+            if "raw" in entry and "smf" in entry:
+                entry["ratio"] = {
+                    k: entry["smf"][k] / entry["raw"][k]
+                    for k in ("p50_us", "p99_us", "p999_us", "calls_per_s")
+                }
+            if entry:
+                classes[cls] = entry
+        out[mode] = classes
+    return out
+
+
+def evaluate(ratio: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    out = []
+    for name, mode, metric, op, limit in TARGETS:
+        value = ratio[mode][metric]
+        ok = value <= limit if op == "<=" else value >= limit
+        out.append(
+            {
+                "target": name,
+                "mode": mode,
+                "metric": metric,
+                "ratio": value,
+                "op": op,
+                "limit": limit,
+                "pass": ok,
+            }
+        )
+    return out
+
+
+def smf_version() -> dict[str, Any]:
+    """Which smf the children import (path, git commit, uncommitted changes)."""
+    try:
+        import smf
+
+        path = Path(smf.__file__).resolve().parent
+    except ImportError:
+        return {"path": None}
+    info: dict[str, Any] = {"path": str(path)}
+    try:
+        git = ["git", "-C", str(path)]
+        info["commit"] = (
+            subprocess.run(
+                [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+        ).stdout
+        info["dirty"] = bool(status.strip()) if info["commit"] else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def benchmark(
+    opts: dict[str, int],
+    repeats: int,
+    timeout: float,
+    pin: tuple[int, int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+    for r in range(repeats):
+        order = SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]
+        for system in order:
+            t0 = time.monotonic()
+            res = run_one(system, opts, timeout, pin)
+            runs[system].append(res)
+            if log is not None:
+                s, w = res["sequential"], res["window"]
+                log(
+                    f"  run {r + 1}/{repeats} {system}: sequential p50 {s['p50_us']:.1f} "
+                    f"p99 {s['p99_us']:.1f} p999 {s['p999_us']:.1f} µs "
+                    f"{s['calls_per_s']:.0f}/s [{_share(s['same_cpu_share'])}] | "
+                    f"window p50 {w['p50_us']:.1f} p99 {w['p99_us']:.1f} µs "
+                    f"{w['calls_per_s']:.0f}/s [{_share(w['same_cpu_share'])}] "
+                    f"({time.monotonic() - t0:.1f} s)"
+                )
+    median = {s: {m: median_of(runs[s], m) for m in MODES} for s in SYSTEMS}
+    keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "calls_per_s")
+    ratio = {m: {k: median["smf"][m][k] / median["raw"][m][k] for k in keys} for m in MODES}
+    return {
+        "benchmark": "bench/latency.py",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "smf": smf_version(),
+        "transport": "tcp loopback",
+        "options": {**opts, "repeats": repeats, "pin": list(pin) if pin else None},
+        "median": median,
+        "ratio": ratio,
+        "targets": evaluate(ratio),
+        "by_placement": by_placement(runs),
+        "runs": runs,
+    }
+
+
+def _share(share: float | None) -> str:
+    return "same CPU ?" if share is None else f"same CPU {share:.0%}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    o = result["options"]
+    v = result["smf"]
+    version = v.get("commit") or v.get("path") or "?"
+    if v.get("dirty"):
+        version += "+dirty"
+    pin = f"pinned server@{o['pin'][0]} client@{o['pin'][1]}" if o["pin"] else "unpinned"
+    lines = [
+        f"smf latency benchmark: {o['payload']}-byte unary echo over TCP loopback, server "
+        f"and client in separate processes ({pin}), uvloop",
+        f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}, smf "
+        f"{version}; median of {o['repeats']} alternating repeats; "
+        f"{o['warmup']} warmup calls per mode",
+        "",
+        f"{'mode':<24} {'system':<8} {'p50 µs':>9} {'p99 µs':>9} {'p999 µs':>9} {'calls/s':>10}",
+    ]
+    labels = {
+        "sequential": f"sequential ({o['calls']} calls)",
+        "window": f"window {o['window']} ({o['window_calls']})",
+    }
+    for mode in MODES:
+        for system in SYSTEMS:
+            m = result["median"][system][mode]
+            lines.append(
+                f"{labels[mode]:<24} {system:<8} {m['p50_us']:>9.1f} {m['p99_us']:>9.1f} "
+                f"{m['p999_us']:>9.1f} {m['calls_per_s']:>10.0f}"
+            )
+        r = result["ratio"][mode]
+        lines.append(
+            f"{'':<24} {'smf/raw':<8} {r['p50_us']:>8.2f}x {r['p99_us']:>8.2f}x "
+            f"{r['p999_us']:>8.2f}x {r['calls_per_s']:>9.2f}x"
+        )
+    lines += ["", "targets (medians of all repeats):"]
+    for t in result["targets"]:
+        lines.append(
+            f"  {t['target']:<24} {t['ratio']:5.2f}x  (target {t['op']} {t['limit']:.2f}x)  "
+            f"{'PASS' if t['pass'] else 'MISS'}"
+        )
+    if not o["pin"]:
+        lines += [
+            "",
+            "by placement (client and server on the same CPU in >= 50% of samples, or split;",
+            "the scheduler decides, and on few cores it dominates latency):",
+        ]
+        for mode in MODES:
+            for cls, entry in result["by_placement"][mode].items():
+                parts = []
+                for system in SYSTEMS:
+                    if system in entry:
+                        e = entry[system]
+                        parts.append(
+                            f"{system} p50 {e['p50_us']:.1f} p99 {e['p99_us']:.1f} µs "
+                            f"{e['calls_per_s']:.0f}/s ({e['runs']})"
+                        )
+                    else:
+                        parts.append(f"{system} -")
+                if "ratio" in entry:
+                    r = entry["ratio"]
+                    parts.append(
+                        f"smf/raw p50 {r['p50_us']:.2f}x p99 {r['p99_us']:.2f}x "
+                        f"calls/s {r['calls_per_s']:.2f}x"
+                    )
+                lines.append(f"  {mode:<10} {cls:<8}  " + " | ".join(parts))
+        if not any(result["by_placement"][m] for m in MODES):
+            lines.append("  (no samples: every phase ended within the 100 ms sampling interval)")
+    return "\n".join(lines)
+
+
+# ============================================================================ CLI
+
+
+def _pin(text: str) -> tuple[int, int]:
+    try:
+        server, client = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected SERVER_CPU,CLIENT_CPU, e.g. 0,1") from None
+    return server, client
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="smf vs raw uvloop echo: p50/p99/p999 and calls/s, sequential and "
+        "with a window of calls in flight (see bench/README.md)."
+    )
+    p.add_argument("--calls", type=int, default=20000, help="sequential calls (20000)")
+    p.add_argument(
+        "--window-calls",
+        type=int,
+        default=None,
+        help="calls in the windowed run (default: 5 x --calls, i.e. 100000)",
+    )
+    p.add_argument("--warmup", type=int, default=2000, help="untimed calls before each mode")
+    p.add_argument("--window", type=int, default=64, help="calls in flight (64)")
+    p.add_argument("--payload", type=int, default=60, help="body bytes (60)")
+    p.add_argument("--repeats", type=int, default=5, help="alternating repeats (5)")
+    p.add_argument(
+        "--pin",
+        type=_pin,
+        default=None,
+        metavar="S,C",
+        help="pin server to CPU S and client to CPU C (diagnostic; default none)",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per process (300)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
+    # Internal: the server and client child processes.
+    p.add_argument("--role", choices=("server", "client"), help=argparse.SUPPRESS)
+    p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.window_calls is None:
+        a.window_calls = 5 * a.calls
+    if min(a.calls, a.window_calls, a.window, a.payload, a.repeats) < 1 or a.warmup < 0:
+        p.error("counts must be positive")
+    opts = {
+        "calls": a.calls,
+        "window_calls": a.window_calls,
+        "warmup": a.warmup,
+        "window": a.window,
+        "payload": a.payload,
+    }
+
+    if a.role is not None:
+        if a.cpu is not None:
+            os.sched_setaffinity(0, {a.cpu})
+        run = run_on_uvloop if a.system == "raw" else run_on_smf
+        if a.role == "server":
+            run(serve_raw() if a.system == "raw" else serve_smf())
+        else:
+            client = client_raw if a.system == "raw" else client_smf
+            sys.stdout.write(json.dumps(run(client(a.port, opts))) + "\n")
+        return 0
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = benchmark(opts, a.repeats, a.timeout, a.pin, None if a.quiet else log)
+    print(json.dumps(result, indent=2) if a.json else format_table(result))
+    return 0  # a missed target is reported, never an error
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""bench/latency.py runs end to end with tiny counts (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "latency.py"
+TINY = ["--calls", "40", "--window-calls", "200", "--warmup", "10", "--repeats", "1", "--quiet"]
+
+
+def _run(*extra: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *TINY, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_latency_bench_prints_table_and_json_for_both_systems() -> None:
+    table = _run()
+    for needle in ("raw", "smf", "smf/raw", "p50 µs", "p99 µs", "p999 µs", "calls/s", "targets"):
+        assert needle in table, table
+    assert sum(line.strip().endswith(("PASS", "MISS")) for line in table.splitlines()) == 3
+
+    result = json.loads(_run("--json"))
+    for system in ("raw", "smf"):
+        for mode in ("sequential", "window"):
+            summary = result["median"][system][mode]
+            assert summary["calls"] == (40 if mode == "sequential" else 200)
+            for key in ("p50_us", "p99_us", "p999_us", "calls_per_s"):
+                assert summary[key] > 0
+            assert summary["p50_us"] <= summary["p99_us"] <= summary["p999_us"]
+        assert len(result["runs"][system]) == 1
+    assert set(result["ratio"]) == {"sequential", "window"}
+    assert [t["target"] for t in result["targets"]] == [
+        "sequential p50 smf/raw",
+        "sequential p99 smf/raw",
+        "window calls/s smf/raw",
+    ]
+    assert all(isinstance(t["pass"], bool) for t in result["targets"])
