@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -169,6 +170,63 @@ class _DelayIterator:
         return d * (1.0 - self._b.jitter * self._rng())
 
 
+class DeadlineQueue:
+    """Timeouts of calls that use the client's default timeout.
+
+    Their deadlines arrive in issue order, so one deque and one timer serve them all:
+    ``call_later`` per call costs a libuv timer each on uvloop (measured 6-11 µs per
+    call with its cancel). Finished calls are dropped from the head as calls complete;
+    a call stuck at the head cannot pin more than ``compact_at`` finished ones.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, compact_at: int = 4096) -> None:
+        self._loop = loop
+        self._queue: collections.deque[tuple[float, _CallResult, float]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._compact_at = compact_at
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, future: _CallResult, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        queue = self._queue
+        queue.append((deadline, future, timeout))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+        elif len(queue) > self._compact_at:
+            self._queue = collections.deque(e for e in queue if not e[1].done())
+            self._compact_at = max(self._compact_at, 2 * len(self._queue))
+
+    def prune(self) -> None:
+        queue = self._queue
+        while queue and queue[0][1].done():
+            queue.popleft()
+        if not queue and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        queue = self._queue
+        while queue:
+            deadline, future, timeout = queue[0]
+            if not future.done():
+                if deadline > now:
+                    break
+                _expire(future, timeout)
+            queue.popleft()
+        if queue:
+            self._timer = self._loop.call_at(queue[0][0], self._fire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+
+
 class ClientConnection(FramedConnection):
     def __init__(self, client: Client) -> None:
         super().__init__(
@@ -177,6 +235,7 @@ class ClientConnection(FramedConnection):
         )
         self.client = client
         self.sessions = SessionTable(client.max_sessions)
+        self.deadlines = DeadlineQueue(self.loop)
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def event_received(self, event: Event) -> None:
@@ -223,6 +282,7 @@ class ClientConnection(FramedConnection):
     def _fail(self, exc: ConnectionLost) -> None:
         self.closed = True
         self.sessions.fail_all(exc)
+        self.deadlines.close()
 
 
 class Client:
@@ -429,15 +489,20 @@ class Client:
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
         session = sessions.try_allocate(future)
+        session_free = session != 0
         if not session:
             session = await self._wait_for_session(sessions, future, t)
         if conn.closed:
             sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost")
+        timer = None
         if t is not None:
-            # What is left of the timeout once the connection and a session were had.
-            t = max(t - (time.perf_counter_ns() - started) / 1e9, 0.0)
-        timer = None if t is None else loop.call_later(t, _expire, future, t)
+            if t == self.timeout and not explicit and session_free:
+                conn.deadlines.add(future, t)  # the common case: one shared timer
+            else:
+                # What is left once the connection and a session were had.
+                t = max(t - (time.perf_counter_ns() - started) / 1e9, 0.0)
+                timer = loop.call_later(t, _expire, future, t)
         try:
             if self.filters:
                 status, body = await self._exchange_filtered(
@@ -473,6 +538,8 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
+            else:
+                conn.deadlines.prune()
             sessions.release(session, future)
         self.methods.get_or_add(wire_id).record(
             status, time.perf_counter_ns() - started, _size(payload), body.nbytes

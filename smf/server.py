@@ -350,6 +350,11 @@ class ServerConnection(FramedConnection):
         self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
+        if not self.in_flight:
+            # No other handler of this connection is running, so nothing else will join
+            # this write in the current iteration: send now rather than one loop turn
+            # later. With handlers still running, replies gather for one writev.
+            self.flush_now()
 
     # FilterSide
     @property

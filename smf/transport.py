@@ -180,6 +180,12 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
+    def flush_now(self) -> None:
+        """Write what is queued now instead of at the next loop iteration."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_handle = None
         if self.closed or self.transport is None:
@@ -202,10 +208,12 @@ class FramedConnection(asyncio.BufferedProtocol):
         views = self._release
         self._release = []
         for view in views:
-            # BufferError: the transport still holds it for a pending write; it stays
-            # valid (nothing reuses its memory while any view is alive).
-            with contextlib.suppress(BufferError):
+            try:  # noqa: SIM105 - contextlib.suppress costs ~1 us per view here
                 view.release()
+            except BufferError:
+                # The transport still holds it for a pending write; it stays valid
+                # (nothing reuses its memory while any view is alive).
+                pass
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
