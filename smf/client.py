@@ -267,9 +267,16 @@ class ClientConnection(FramedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         why = f": {exc}" if exc else ""
-        if self._events_seen == 0 and self.client.ssl is None:
-            # Closed before a single reply: the usual sign of a TLS-only server.
-            why += " (closed before any reply; if the server requires TLS, pass ssl=)"
+        if self._events_seen == 0:
+            # Closed before a single reply: the usual sign of a TLS mismatch.
+            if self.client.ssl is None:
+                why += " (closed before any reply; if the server requires TLS, pass ssl=)"
+            else:
+                why += (
+                    " (closed before any reply; the server may require a client "
+                    "certificate this client did not present or it did not trust)"
+                )
+        self.client._last_loss = why
         self._fail(ConnectionLost(f"connection to {self.client.address} lost{why}"))
         if not self.lost.done():
             self.lost.set_result(None)
@@ -334,6 +341,7 @@ class Client:
         self._connected: asyncio.Event | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_loss = ""
 
     @property
     def address(self) -> str:
@@ -428,7 +436,7 @@ class Client:
         if self._connected is None:  # never connected: connect on first use
             await self.connect()
         elif self._reconnect_task is None:
-            raise ConnectionLost(f"not connected to {self.address}")
+            raise ConnectionLost(f"not connected to {self.address}{self._last_loss}")
         else:
             try:
                 async with asyncio.timeout(timeout):

@@ -110,6 +110,7 @@ class ServerConnection(FramedConnection):
         self.in_flight: set[asyncio.Task[None]] = set()
         self.identity: PeerIdentity | None = None
         self.refused = False
+        self._partial_charge = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -139,6 +140,9 @@ class ServerConnection(FramedConnection):
         server.stats.connections_open -= 1
         server.connections.discard(self)
         server.budget.forget(self)
+        if self._partial_charge:
+            server.budget.refund(self._partial_charge)
+            self._partial_charge = 0
         # Nobody is left to read the answers: stop the work (as gRPC does).
         for task in self.in_flight:
             task.cancel()
@@ -152,11 +156,42 @@ class ServerConnection(FramedConnection):
         if len(self.in_flight) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
-        if server.budget.exhausted:
+        if server.budget.exhausted and self.in_flight:
+            # A connection with nothing in flight may still take one request, so one
+            # peer that spent the budget cannot starve the others.
             server.stats.reads_paused += 1
             server.budget.wait(self)
             return False
         return True
+
+    def _pull(self) -> None:
+        super()._pull()
+        if not self.closed:
+            self._charge_partial()
+
+    def _charge_partial(self) -> None:
+        """Charge the budget for receive-buffer memory beyond one ``buffer_size``: a peer
+        trickling a huge frame holds memory before it is a request. Reading pauses once
+        the budget is spent, so each connection overshoots by one growth step at most."""
+        budget = self.server.budget
+        charge = max(self.decoder.allocated - self.server.buffer_size, 0)
+        delta = charge - self._partial_charge
+        if not delta:
+            return
+        self._partial_charge = charge
+        if delta < 0:
+            budget.refund(-delta)
+            return
+        budget.charge(delta)
+        if budget.exhausted:
+            self.server.stats.reads_paused += 1
+            budget.wait(self)
+            self._pause_reading()
+
+    def stalled_while_paused(self) -> bool:
+        # Paused by the budget while holding a partial frame: if it never completes,
+        # dropping it after body_timeout is what frees the budget for everyone.
+        return self._partial_charge > 0
 
     def resume_writing(self) -> None:
         super().resume_writing()

@@ -110,6 +110,11 @@ class FramedConnection(asyncio.BufferedProtocol):
         """The peer began a frame and did not finish it within ``body_timeout``."""
         self.close()
 
+    def stalled_while_paused(self) -> bool:
+        """Whether a connection we paused still counts as stalled mid-frame (it holds
+        memory the pause itself cannot free)."""
+        return False
+
     # ------------------------------------------------------------------ reading
 
     def _pull(self) -> None:
@@ -150,7 +155,9 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._stall_handle = None
         if self.closed or not self.decoder.mid_frame:
             return
-        if self._events_seen == events_at_arming and not self._reading_paused:
+        if self._events_seen == events_at_arming and (
+            not self._reading_paused or self.stalled_while_paused()
+        ):
             self.stalled()
             return
         # Progress was made, or we are the ones not reading: watch the next frame.

@@ -180,7 +180,8 @@ class FrameDecoder:
         self.max_body_size = max_body_size
         self.buffer_size = buffer_size
         self.skip_oversized = skip_oversized
-        self._buf = bytearray(buffer_size)
+        # Allocated on first read: an idle connection costs no receive buffer.
+        self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # first free byte
@@ -188,7 +189,7 @@ class FrameDecoder:
         self._scratch: bytearray | None = None  # where skipped bytes land
         self._into_scratch = False  # did the last get_buffer hand out the scratch?
         self._error: FrameError | None = None
-        self.buffers_allocated = 1  # fresh buffers taken because views pinned the old one
+        self.buffers_allocated = 0  # buffers taken: first, grown, or because views pinned one
 
     # ------------------------------------------------------------------ input
 
@@ -278,6 +279,11 @@ class FrameDecoder:
         return self._start != self._end or self._skip > 0
 
     @property
+    def allocated(self) -> int:
+        """Bytes of the current receive buffer (what the decoder itself holds)."""
+        return len(self._buf)
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
         return self._end - self._start
@@ -299,7 +305,12 @@ class FrameDecoder:
 
     def _make_room(self, need: int) -> None:
         pending = self._end - self._start
-        capacity = max(self.buffer_size, pending + need)
+        # The header's size is the peer's claim: 16 bytes must not buy a 64 MiB
+        # allocation. A frame of up to 4 buffers gets its room at once; beyond that the
+        # buffer doubles with the bytes actually received, so a large body is copied
+        # once more in part as it grows (frames above 4 x buffer_size only).
+        room = max(2 * pending, 4 * self.buffer_size)
+        capacity = max(self.buffer_size, min(pending + need, room))
         old = self._buf
         self._view.release()
         try:
@@ -307,7 +318,9 @@ class FrameDecoder:
             # for "no frame body handed out from this buffer is still in use".
             old.append(0)
             del old[-1]
-            reusable = len(old) >= capacity
+            # Reuse it if it fits, but drop an outsized one (grown for a large frame)
+            # once that frame is done, rather than holding it forever.
+            reusable = capacity <= len(old) <= max(capacity, 4 * self.buffer_size)
         except BufferError:
             reusable = False
         if reusable:
