@@ -1,0 +1,1 @@
+"""A small replicated-log broker built on smf (Raft per partition)."""
