@@ -9,10 +9,15 @@ slices of the buffer instead.
 from __future__ import annotations
 
 import sys
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import flatbuffers
+
+from smf.errors import BadRequest
+
+T = TypeVar("T")
 
 GENERATED = Path(__file__).resolve().parent / "generated"
 
@@ -42,6 +47,13 @@ from broker.VoteResponse import VoteResponseT  # noqa: E402
 
 from . import raft  # noqa: E402
 from .log import Entry  # noqa: E402
+
+
+def _required(item: T | None, what: str) -> T:
+    """A vector element that must be there (a malformed batch answers 400)."""
+    if item is None:
+        raise BadRequest(f"{what}: missing element")
+    return item
 
 
 def pack(obj: Any, initial_size: int = 256) -> bytes:
@@ -133,10 +145,10 @@ def encode_append_batch(
 def decode_append_batch(batch: Any) -> list[raft.RaftMessage]:
     out: list[raft.RaftMessage] = []
     for i in range(batch.RequestsLength()):
-        r: AppendRequest = batch.Requests(i)
+        r: AppendRequest = _required(batch.Requests(i), "AppendBatch.requests")
         entries = []
         for j in range(r.EntriesLength()):
-            e: LogEntry = r.Entries(j)
+            e: LogEntry = _required(r.Entries(j), "AppendRequest.entries")
             entries.append(Entry(term=e.Term(), index=e.Index(), data=ubytes(e, 10), kind=e.Kind()))
         out.append(
             raft.AppendRequest(
@@ -151,7 +163,7 @@ def decode_append_batch(batch: Any) -> list[raft.RaftMessage]:
             )
         )
     for i in range(batch.ResponsesLength()):
-        s: AppendResponse = batch.Responses(i)
+        s: AppendResponse = _required(batch.Responses(i), "AppendBatch.responses")
         out.append(
             raft.AppendResponse(
                 group_id=s.Group(),
@@ -201,7 +213,7 @@ def encode_vote_batch(
 def decode_vote_batch(batch: Any) -> list[raft.RaftMessage]:
     out: list[raft.RaftMessage] = []
     for i in range(batch.RequestsLength()):
-        r: FbVoteRequest = batch.Requests(i)
+        r: FbVoteRequest = _required(batch.Requests(i), "VoteBatch.requests")
         out.append(
             raft.VoteRequest(
                 group_id=r.Group(),
@@ -214,7 +226,7 @@ def decode_vote_batch(batch: Any) -> list[raft.RaftMessage]:
             )
         )
     for i in range(batch.ResponsesLength()):
-        s: FbVoteResponse = batch.Responses(i)
+        s: FbVoteResponse = _required(batch.Responses(i), "VoteBatch.responses")
         out.append(
             raft.VoteResponse(
                 group_id=s.Group(),
@@ -254,7 +266,7 @@ def encode_heartbeat_batch(
 def decode_heartbeat_batch(batch: Any) -> list[raft.RaftMessage]:
     out: list[raft.RaftMessage] = []
     for i in range(batch.HeartbeatsLength()):
-        h: FbHeartbeat = batch.Heartbeats(i)
+        h: FbHeartbeat = _required(batch.Heartbeats(i), "HeartbeatBatch.heartbeats")
         out.append(
             raft.Heartbeat(
                 group_id=h.Group(),
@@ -265,11 +277,34 @@ def decode_heartbeat_batch(batch: Any) -> list[raft.RaftMessage]:
             )
         )
     for i in range(batch.ResponsesLength()):
-        s: FbHeartbeatResponse = batch.Responses(i)
+        s: FbHeartbeatResponse = _required(batch.Responses(i), "HeartbeatBatch.responses")
         out.append(
             raft.HeartbeatResponse(group_id=s.Group(), term=s.Term(), src=s.Src(), dst=s.Dst())
         )
     return out
+
+
+def encode_fetch_reply(records: list[tuple[int, bytes]], high_watermark: int) -> bytes:
+    """FetchReply {records: [Record {offset, crc, value}], high_watermark}: values are
+    written as byte vectors, and each carries its CRC-32 for the consumer to check."""
+    builder = flatbuffers.Builder(1024 + sum(len(v) + 32 for _, v in records))
+    offsets = []
+    for offset, value in records:
+        data = builder.CreateByteVector(value)
+        builder.StartObject(3)
+        builder.PrependUint64Slot(0, offset, 0)
+        builder.PrependUint32Slot(1, zlib.crc32(value), 0)
+        builder.PrependUOffsetTRelativeSlot(2, data, 0)
+        offsets.append(builder.EndObject())
+    builder.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        builder.PrependUOffsetTRelative(off)
+    vector = builder.EndVector()
+    builder.StartObject(4)  # error, leader_address, records, high_watermark
+    builder.PrependUOffsetTRelativeSlot(2, vector, 0)
+    builder.PrependUint64Slot(3, high_watermark, 0)
+    builder.Finish(builder.EndObject())
+    return bytes(builder.Output())
 
 
 __all__ = [
@@ -278,6 +313,7 @@ __all__ = [
     "decode_heartbeat_batch",
     "decode_vote_batch",
     "encode_append_batch",
+    "encode_fetch_reply",
     "encode_heartbeat_batch",
     "encode_vote_batch",
     "pack",

@@ -56,7 +56,6 @@ from broker.NodeInfo import NodeInfoT  # noqa: E402
 from broker.PartitionInfo import PartitionInfoT  # noqa: E402
 from broker.ProduceReply import ProduceReplyT  # noqa: E402
 from broker.ProduceRequest import ProduceRequest  # noqa: E402
-from broker.Record import RecordT  # noqa: E402
 from broker.Replication_smf import (  # noqa: E402
     AppendEntries_WIRE_ID,
     Heartbeat_WIRE_ID,
@@ -222,13 +221,14 @@ class Group:
             # log the new leader keeps fail when a different entry commits there.
             pass
 
-    def propose(self, data: bytes) -> asyncio.Future[None]:
+    def propose(self, data: bytes) -> tuple[int, asyncio.Future[None]]:
+        """Append ``data`` (leader only); the future resolves when this very entry
+        (same index and term) commits, and fails if another one commits there."""
         index = self.raft.propose(data)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters[index] = (self.raft.term, fut)
-        fut.index = index  # type: ignore[attr-defined]
         self.kick.set()
-        return fut
+        return index, fut
 
     def committed_records(
         self, offset: int, max_records: int
@@ -423,14 +423,14 @@ class DataService(Data):
             )
         values = [codec.ubytes(request.Values(i), 4) for i in range(request.ValuesLength())]
         try:
-            futures = [group.propose(v) for v in values]
+            proposed = [group.propose(v) for v in values]
         except raft.NotLeader as exc:
             return ProduceReplyT(error=NOT_LEADER, leaderAddress=node.address_of(exc.leader_id))
         remaining = ctx.time_remaining()
         timeout = PRODUCE_TIMEOUT if remaining is None else max(min(remaining, PRODUCE_TIMEOUT), 0)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*futures)
+                await asyncio.gather(*(fut for _, fut in proposed))
         except TimeoutError:
             return ProduceReplyT(error="timeout: not committed on a majority in time")
         except LeadershipLost:
@@ -438,9 +438,9 @@ class DataService(Data):
                 error=NOT_LEADER + ": leadership lost before commit",
                 leaderAddress=node.address_of(group.raft.leader_id),
             )
-        return ProduceReplyT(offsets=[f.index for f in futures])  # type: ignore[attr-defined]
+        return ProduceReplyT(offsets=[index for index, _ in proposed])
 
-    async def Fetch(self, request: FetchRequest, ctx: smf.CallContext) -> FetchReplyT:
+    async def Fetch(self, request: FetchRequest, ctx: smf.CallContext) -> FetchReplyT | bytes:
         node = self.node
         topic = codec.text(request.Topic())
         group, error = node.partition_group(topic, request.Partition())
@@ -454,13 +454,7 @@ class DataService(Data):
             )
         max_records = request.MaxRecords() or 1000
         records, hw = group.committed_records(request.Offset(), min(max_records, 10_000))
-        return FetchReplyT(
-            records=[
-                RecordT(offset=off, crc=zlib.crc32(value), value=list(value))
-                for off, value in records
-            ],
-            highWatermark=hw,
-        )
+        return codec.encode_fetch_reply(records, hw)
 
 
 # ----------------------------------------------------------------- the node
@@ -591,10 +585,9 @@ class Node:
                 error=NOT_LEADER, leaderAddress=self.address_of(controller.raft.leader_id)
             )
         try:
-            fut = controller.propose(json.dumps(command, sort_keys=True).encode())
+            index, fut = controller.propose(json.dumps(command, sort_keys=True).encode())
         except raft.NotLeader as exc:
             return AdminReplyT(error=NOT_LEADER, leaderAddress=self.address_of(exc.leader_id))
-        index: int = fut.index  # type: ignore[attr-defined]
         result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.command_waiters[index] = result
         try:
