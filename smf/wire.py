@@ -306,10 +306,11 @@ class FrameDecoder:
     def _make_room(self, need: int) -> None:
         pending = self._end - self._start
         # The header's size is the peer's claim: 16 bytes must not buy a 64 MiB
-        # allocation. A frame of up to 4 buffers gets its room at once; beyond that the
+        # allocation. A body of up to 4 buffers (1 MiB by default) gets its room at
+        # once (charged to the server's budget); beyond that the
         # buffer doubles with the bytes actually received, so a large body is copied
         # once more in part as it grows (frames above 4 x buffer_size only).
-        room = max(2 * pending, 4 * self.buffer_size)
+        room = max(2 * pending, 4 * self.buffer_size + HEADER_SIZE)
         capacity = max(self.buffer_size, min(pending + need, room))
         old = self._buf
         self._view.release()
