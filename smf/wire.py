@@ -311,7 +311,7 @@ class FrameDecoder:
         # buffer doubles with the bytes actually received, so a large body is copied
         # once more in part as it grows (frames above 4 x buffer_size only).
         room = max(2 * pending, 4 * self.buffer_size + HEADER_SIZE)
-        capacity = max(self.buffer_size, min(pending + need, room))
+        capacity = max(self.buffer_size, min(pending + max(need, self.buffer_size // 8), room))
         old = self._buf
         self._view.release()
         try:
