@@ -203,8 +203,10 @@ class FrameDecoder:
             return memoryview(self._scratch)[: min(self._skip, len(self._scratch))]
         self._into_scratch = False
         free = len(self._buf) - self._end
-        need = self._bytes_needed()
-        if free < need or free < self.buffer_size // 8:
+        need, in_body = self._bytes_needed()
+        # Mid-body, room is made only if the rest of the frame does not fit (moving a
+        # large partial body would copy it); between frames, keep reads from shrinking.
+        if free < need or (not in_body and free < self.buffer_size // 8):
             self._make_room(need)
         return self._view[self._end :]
 
@@ -294,14 +296,16 @@ class FrameDecoder:
         self._error = error
         raise error
 
-    def _bytes_needed(self) -> int:
-        """Free bytes needed to finish the frame in progress (at least one header)."""
+    def _bytes_needed(self) -> tuple[int, bool]:
+        """Free bytes needed to finish the frame in progress (at least one header), and
+        whether that frame's header has arrived (we are inside its body)."""
         avail = self._end - self._start
         if avail >= HEADER_SIZE:
             size: int = HEADER.unpack_from(self._buf, self._start)[3]
-            if size <= self.max_body_size:
-                return max(HEADER_SIZE + size - avail, 1)
-        return HEADER_SIZE - avail if avail < HEADER_SIZE else 1
+            if size <= self.max_body_size and HEADER_SIZE + size > avail:
+                return HEADER_SIZE + size - avail, True
+            return 1, False
+        return HEADER_SIZE - avail, False
 
     def _make_room(self, need: int) -> None:
         pending = self._end - self._start
@@ -321,7 +325,7 @@ class FrameDecoder:
             del old[-1]
             # Reuse it if it fits, but drop an outsized one (grown for a large frame)
             # once that frame is done, rather than holding it forever.
-            reusable = capacity <= len(old) <= max(capacity, 4 * self.buffer_size)
+            reusable = capacity <= len(old) <= max(capacity, 4 * self.buffer_size + HEADER_SIZE)
         except BufferError:
             reusable = False
         if reusable:
