@@ -184,14 +184,16 @@ class Group:
             self.kick.clear()
             while (rd := self.raft.ready()) is not None:
                 lg = self.log
-                hard = rd.hard_state_changed
+                if rd.hard_state_changed is not None:
+                    # First, and durable: a crash must never leave entries of a newer
+                    # term on disk than the term saved. (fsync in a thread.)
+                    await loop.run_in_executor(node.pool, _save_state, lg, rd.hard_state_changed)
                 if rd.truncate_from is not None:
                     lg.truncate_suffix(rd.truncate_from)
                 if rd.entries_to_persist:
                     lg.append(rd.entries_to_persist)
-                if hard is not None or rd.needs_flush:
-                    # One trip to a thread for the fsyncs: the loop keeps serving.
-                    await loop.run_in_executor(node.pool, _persist, lg, hard, rd.needs_flush)
+                if rd.needs_flush:
+                    await loop.run_in_executor(node.pool, lg.flush)
                 node.outbox.add(rd.messages)
                 if rd.committed:
                     self._committed(rd.committed)
@@ -233,8 +235,10 @@ class Group:
     def committed_records(
         self, offset: int, max_records: int
     ) -> tuple[list[tuple[int, bytes]], int]:
-        """Committed data records from ``offset`` on, and the high watermark."""
-        hw = min(self.raft.commit_index, self.log.last_index())
+        """Committed data records from ``offset`` on, and the high watermark: what Raft
+        has handed out as committed (durable here), never entries past it that may
+        still await truncation."""
+        hw = self.raft.applied_index
         lo = max(offset, self.log.first_index())
         out: list[tuple[int, bytes]] = []
         while lo <= hw and len(out) < max_records:
@@ -250,11 +254,8 @@ class Group:
         return out, hw
 
 
-def _persist(lg: SegmentedLog, hard: tuple[int, int | None] | None, flush: bool) -> None:
-    if hard is not None:
-        lg.save_state(*hard)
-    if flush:
-        lg.flush()
+def _save_state(lg: SegmentedLog, hard: tuple[int, int | None]) -> None:
+    lg.save_state(*hard)
 
 
 class LeadershipLost(Exception):

@@ -1054,7 +1054,7 @@ class RaftGroup:
             # Entries that are still part of the logical log are now durable.  (A step()
             # while the Ready was outstanding may have truncated some of them; those are
             # on disk past _stable_last and the next Ready truncates them.)
-            if True:
+            if ents[0].index == self._stable_last + 1:
                 k = 0
                 unstable = self._unstable
                 while (
