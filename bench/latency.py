@@ -10,10 +10,11 @@ What is measured (bench/README.md has the numbers we got and how to read them):
 
 * A 60-byte body is echoed over TCP loopback. Server and client always run in two
   separate, freshly started processes (``subprocess``; nothing pinned), both on uvloop.
-* **raw** is the floor: a minimal ``asyncio.Protocol`` server that parses the 16-byte
-  ``<bBHIII`` smf header and writes the complete frames it got back unchanged (one write
-  per read), and a minimal client protocol that packs a header, writes header + body and
-  resolves a future by session when the echo arrives.
+* **raw** is the floor (``bench/_harness.py``): a minimal ``asyncio.BufferedProtocol``
+  server that reads into its buffer, finds complete frames by the 16-byte ``<bBHIII`` smf
+  header's size field and writes them back unchanged (one write per read), and a minimal
+  client protocol that packs a header, writes header + body and resolves a future by
+  session (with a view of the body) when the echo arrives.
 * **smf**: ``smf.Server`` with ``add_handler(wire_id, h)``, ``async def h(ctx, body):
   return body`` (zero-copy echo), and ``smf.Client.call`` with default settings, both on
   ``smf.run`` (uvloop).
@@ -38,33 +39,43 @@ status): sequential p50 within 1.3x and p99 within 1.5x of raw; window calls/s a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
 import os
-import platform
-import select
 import statistics
-import struct
 import subprocess
 import sys
-import threading
 import time
-from array import array
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import xxhash
+# Run as a script, only bench/ is on sys.path: make ``bench._harness`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-HEADER = struct.Struct("<bBHIII")
-HEADER_SIZE = HEADER.size  # 16
-# Any nonzero id works; this is SmfStorage.Get of the smf demo schema (see wire.md).
-WIRE_ID = 1792279101
+from bench._harness import (
+    WIRE_ID,
+    Call,
+    PlacementSampler,
+    connect_raw,
+    machine_info,
+    make_payload,
+    read_port,
+    run_on_smf,
+    run_on_uvloop,
+    sequential,
+    serve_raw,
+    serve_smf,
+    share_text,
+    smf_version,
+    spawn,
+    stop_by_stdin,
+    summarize,
+    version_text,
+    windowed,
+)
+
 SYSTEMS = ("raw", "smf")
 MODES = ("sequential", "window")
-PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999))
-SAMPLE_INTERVAL = 0.1  # seconds between CPU-placement samples
 
 # (name, mode, metric, comparison, limit): smf/raw ratio targets from the issue.
 TARGETS = (
@@ -73,136 +84,13 @@ TARGETS = (
     ("window calls/s smf/raw", "window", "calls_per_s", ">=", 0.40),
 )
 
-Call = Callable[[int, bytes], Awaitable[Any]]
-
-
-def make_payload(size: int) -> bytes:
-    return bytes(i % 251 for i in range(size))
-
-
-def run_on_uvloop(main: Coroutine[Any, Any, Any]) -> Any:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-def run_on_smf(main: Coroutine[Any, Any, Any]) -> Any:
-    import smf
-
-    return smf.run(main)
-
-
-# ============================================================================ raw floor
-
-
-class RawEchoServer(asyncio.Protocol):
-    """Parses headers and echoes every complete frame back unchanged, one write per read."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.buf = bytearray()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        n = len(buf)
-        pos = 0
-        unpack = HEADER.unpack_from
-        while n - pos >= HEADER_SIZE:
-            end = pos + HEADER_SIZE + unpack(buf, pos)[3]
-            if end > n:
-                break
-            pos = end
-        if pos:
-            self.transport.write(bytes(buf[:pos]))
-            del buf[:pos]
-
-
-class RawClient(asyncio.Protocol):
-    """Header + body out (one write per call); responses matched to futures by session."""
-
-    transport: asyncio.Transport
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self.next_session = 1
-        self.buf = bytearray()
-        self.checksums: dict[bytes, int] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        n = len(buf)
-        pos = 0
-        unpack = HEADER.unpack_from
-        pending = self.pending
-        while n - pos >= HEADER_SIZE:
-            _, _, session, size, _, _ = unpack(buf, pos)
-            end = pos + HEADER_SIZE + size
-            if end > n:
-                break
-            fut = pending.pop(session, None)
-            if fut is not None and not fut.done():
-                fut.set_result(bytes(buf[pos + HEADER_SIZE : end]))
-            pos = end
-        if pos:
-            del buf[:pos]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("raw echo connection lost"))
-
-    async def call(self, wire_id: int, payload: bytes) -> bytes:
-        session = self.next_session
-        self.next_session = session + 1 if session < 0xFFFF else 1
-        fut: asyncio.Future[bytes] = self.loop.create_future()
-        self.pending[session] = fut
-        # The body never changes in this benchmark: its checksum is computed once.
-        csum = self.checksums.get(payload)
-        if csum is None:
-            csum = self.checksums[payload] = xxhash.xxh64_intdigest(payload) & 0xFFFFFFFF
-        self.transport.write(HEADER.pack(0, 0, session, len(payload), csum, wire_id) + payload)
-        return await fut
-
-
-async def serve_raw() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(RawEchoServer, "127.0.0.1", 0)
-    await _serve_until_stdin_closes(server.sockets[0].getsockname()[1])
-    server.close()
-
 
 async def client_raw(port: int, opts: dict[str, int]) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(RawClient, "127.0.0.1", port)
+    transport, proto = await connect_raw(port)
     try:
         return await drive(proto.call, opts)
     finally:
         transport.close()
-
-
-# ============================================================================ smf
-
-
-async def serve_smf() -> None:
-    import smf
-
-    async def echo(ctx: smf.CallContext, body: memoryview) -> memoryview:
-        return body
-
-    server = smf.Server()
-    server.add_handler(WIRE_ID, echo, "bench.echo")
-    await server.start("127.0.0.1", 0)
-    await _serve_until_stdin_closes(server.port)
-    await server.stop(grace=1.0)
 
 
 async def client_smf(port: int, opts: dict[str, int]) -> dict[str, Any]:
@@ -217,65 +105,6 @@ async def client_smf(port: int, opts: dict[str, int]) -> dict[str, Any]:
 
 
 # ============================================================================ drivers
-
-
-async def _serve_until_stdin_closes(port: int) -> None:
-    """Announce the port, then serve until the parent closes our stdin."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    fd = sys.stdin.fileno()
-
-    def readable() -> None:
-        if not os.read(fd, 4096) and not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, readable)
-    sys.stdout.write(f"PORT {port}\n")
-    sys.stdout.flush()
-    await done
-    loop.remove_reader(fd)
-
-
-async def sequential(call: Call, payload: bytes, n: int) -> tuple[array[int], int]:
-    lat = array("q", bytes(8 * n))
-    clock = time.perf_counter_ns
-    start = clock()
-    for i in range(n):
-        t0 = clock()
-        await call(WIRE_ID, payload)
-        lat[i] = clock() - t0
-    return lat, clock() - start
-
-
-async def windowed(call: Call, payload: bytes, n: int, window: int) -> tuple[array[int], int]:
-    lat = array("q", bytes(8 * n))
-    clock = time.perf_counter_ns
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < n:
-            i = next_index
-            next_index = i + 1
-            t0 = clock()
-            await call(WIRE_ID, payload)
-            lat[i] = clock() - t0
-
-    start = clock()
-    await asyncio.gather(*(worker() for _ in range(min(window, n))))
-    return lat, clock() - start
-
-
-def summarize(lat: array[int], elapsed_ns: int) -> dict[str, float]:
-    samples = sorted(lat)
-    n = len(samples)
-    out: dict[str, float] = {"calls": n}
-    for name, q in PERCENTILES:
-        out[f"{name}_us"] = samples[min(n - 1, max(0, math.ceil(q * n) - 1))] / 1000
-    out["max_us"] = samples[-1] / 1000
-    out["mean_us"] = sum(samples) / n / 1000
-    out["calls_per_s"] = n / (elapsed_ns / 1e9)
-    return out
 
 
 async def drive(call: Call, opts: dict[str, int]) -> dict[str, Any]:
@@ -304,58 +133,6 @@ async def drive(call: Call, opts: dict[str, int]) -> dict[str, Any]:
 # ============================================================================ orchestration
 
 
-def _child(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _read_port(proc: subprocess.Popen[str], timeout: float) -> int:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("PORT "):
-        proc.kill()
-        _, err = proc.communicate()
-        raise RuntimeError(f"server {proc.args!r} did not start: {line!r}\n{err}")
-    return int(line.split()[1])
-
-
-def _last_cpu(pid: int) -> int | None:
-    """The CPU ``pid`` last ran on (field 39 of /proc/PID/stat), if readable."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return int(stat.rpartition(")")[2].split()[36])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class PlacementSampler(threading.Thread):
-    """Samples (time, server CPU, client CPU) while the client runs."""
-
-    def __init__(self, server_pid: int, client_pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pids = (server_pid, client_pid)
-        self.samples: list[tuple[float, int, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(SAMPLE_INTERVAL):
-            s, c = (_last_cpu(pid) for pid in self.pids)
-            if s is None or c is None:
-                return
-            self.samples.append((time.monotonic(), s, c))
-
-    def same_cpu_share(self, began: float, ended: float) -> float | None:
-        inside = [s == c for t, s, c in self.samples if began <= t <= ended]
-        return sum(inside) / len(inside) if inside else None
-
-
 def run_one(
     system: str, opts: dict[str, int], timeout: float, pin: tuple[int, int] | None = None
 ) -> dict[str, Any]:
@@ -364,15 +141,15 @@ def run_one(
     server_args = ["--role", "server", "--system", system]
     if pin is not None:
         server_args += ["--cpu", str(pin[0])]
-    server = _child(server_args)
+    server = spawn(__file__, server_args)
     try:
-        port = _read_port(server, timeout)
+        port = read_port(server, timeout)
         client_args = ["--role", "client", "--system", system, "--port", str(port)]
         for key, value in opts.items():
             client_args += [f"--{key.replace('_', '-')}", str(value)]
         if pin is not None:
             client_args += ["--cpu", str(pin[1])]
-        client = _child(client_args)
+        client = spawn(__file__, client_args)
         sampler = PlacementSampler(server.pid, client.pid)
         sampler.start()
         try:
@@ -392,13 +169,7 @@ def run_one(
             result[mode]["same_cpu_share"] = sampler.same_cpu_share(*phases[mode])
         return result
     finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_by_stdin(server)
 
 
 def _median(values: list[float]) -> float:
@@ -458,32 +229,6 @@ def evaluate(ratio: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     return out
 
 
-def smf_version() -> dict[str, Any]:
-    """Which smf the children import (path, git commit, uncommitted changes)."""
-    try:
-        import smf
-
-        path = Path(smf.__file__).resolve().parent
-    except ImportError:
-        return {"path": None}
-    info: dict[str, Any] = {"path": str(path)}
-    try:
-        git = ["git", "-C", str(path)]
-        info["commit"] = (
-            subprocess.run(
-                [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
-        status = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-        ).stdout
-        info["dirty"] = bool(status.strip()) if info["commit"] else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
 def benchmark(
     opts: dict[str, int],
     repeats: int,
@@ -503,9 +248,9 @@ def benchmark(
                 log(
                     f"  run {r + 1}/{repeats} {system}: sequential p50 {s['p50_us']:.1f} "
                     f"p99 {s['p99_us']:.1f} p999 {s['p999_us']:.1f} µs "
-                    f"{s['calls_per_s']:.0f}/s [{_share(s['same_cpu_share'])}] | "
+                    f"{s['calls_per_s']:.0f}/s [{share_text(s['same_cpu_share'])}] | "
                     f"window p50 {w['p50_us']:.1f} p99 {w['p99_us']:.1f} µs "
-                    f"{w['calls_per_s']:.0f}/s [{_share(w['same_cpu_share'])}] "
+                    f"{w['calls_per_s']:.0f}/s [{share_text(w['same_cpu_share'])}] "
                     f"({time.monotonic() - t0:.1f} s)"
                 )
     median = {s: {m: median_of(runs[s], m) for m in MODES} for s in SYSTEMS}
@@ -514,11 +259,7 @@ def benchmark(
     return {
         "benchmark": "bench/latency.py",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_info(),
         "smf": smf_version(),
         "transport": "tcp loopback",
         "options": {**opts, "repeats": repeats, "pin": list(pin) if pin else None},
@@ -530,16 +271,9 @@ def benchmark(
     }
 
 
-def _share(share: float | None) -> str:
-    return "same CPU ?" if share is None else f"same CPU {share:.0%}"
-
-
 def format_table(result: dict[str, Any]) -> str:
     o = result["options"]
-    v = result["smf"]
-    version = v.get("commit") or v.get("path") or "?"
-    if v.get("dirty"):
-        version += "+dirty"
+    version = version_text(result["smf"])
     pin = f"pinned server@{o['pin'][0]} client@{o['pin'][1]}" if o["pin"] else "unpinned"
     lines = [
         f"smf latency benchmark: {o['payload']}-byte unary echo over TCP loopback, server "

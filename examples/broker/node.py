@@ -217,11 +217,15 @@ class Group:
                 self.node.apply_controller(entry)
 
     def _leadership_changed(self) -> None:
-        if not self.raft.is_leader:
-            # Proposals of a deposed leader may still commit (if a majority has them)
-            # or be replaced; the commit of their index decides. Those beyond the
-            # log the new leader keeps fail when a different entry commits there.
-            pass
+        if self.raft.is_leader or not self.waiters:
+            return
+        # Deposed: answer now rather than at the producer's timeout. The outcome is
+        # unknown (a majority may hold an entry, and the new leader would commit it),
+        # so the answer says so and the client does not blindly retry.
+        waiters, self.waiters = self.waiters, {}
+        for _, fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(SteppedDown())
 
     def propose(self, data: bytes) -> tuple[int, asyncio.Future[None]]:
         """Append ``data`` (leader only); the future resolves when this very entry
@@ -259,7 +263,11 @@ def _save_state(lg: SegmentedLog, hard: tuple[int, int | None]) -> None:
 
 
 class LeadershipLost(Exception):
-    pass
+    """Another entry committed at our proposal's index: ours certainly did not."""
+
+
+class SteppedDown(Exception):
+    """This node stopped leading before our proposal committed: it may still commit."""
 
 
 # ----------------------------------------------------------------- peers and outbox
@@ -439,6 +447,12 @@ class DataService(Data):
                 error=NOT_LEADER + ": leadership lost before commit",
                 leaderAddress=node.address_of(group.raft.leader_id),
             )
+        except SteppedDown:
+            return ProduceReplyT(
+                error="timeout: the leader stepped down before commit (the records may "
+                "still commit)",
+                leaderAddress=node.address_of(group.raft.leader_id),
+            )
         return ProduceReplyT(offsets=[index for index, _ in proposed])
 
     async def Fetch(self, request: FetchRequest, ctx: smf.CallContext) -> FetchReplyT | bytes:
@@ -602,6 +616,9 @@ class Node:
             return AdminReplyT(
                 error=NOT_LEADER, leaderAddress=self.address_of(controller.raft.leader_id)
             )
+        except SteppedDown:
+            self.command_waiters.pop(index, None)
+            return AdminReplyT(error="timeout: the controller leader stepped down (may apply)")
         return AdminReplyT(error=error)
 
     # -------------------------------------------------------------- lookups

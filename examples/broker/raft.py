@@ -964,6 +964,15 @@ class RaftGroup:
             self._send_all(msg.src, pr)
             return
         rejected = msg.match_index
+        if msg.reject_hint < pr.match <= rejected:
+            # A current append was refused by a follower whose log now ends before
+            # entries it acknowledged (a torn tail cut on restart, say). Forget them
+            # and probe from what it has; were the message stale instead, lowering
+            # match costs resends only (it never lowers the commit index).
+            pr.match = msg.reject_hint
+            pr.become_probe()
+            self._send_append(msg.src, pr)
+            return
         if pr.state == _REPLICATE:
             if rejected <= pr.match:
                 return  # stale

@@ -1405,3 +1405,35 @@ def test_randomized_safety_and_eventual_progress(
     for i in c.ids:
         assert c.log_of(i) == committed
         assert c.logs[i].durable_entries() == committed
+
+
+def test_follower_that_lost_acknowledged_entries_is_caught_up_again() -> None:
+    """A follower acked entries, then lost them (its disk cut a torn tail on restart):
+    its refusals sit below the leader's match for it; the leader must probe lower."""
+    leader, log, _ = make_leader()
+    term = leader.term
+    for i in range(3):
+        leader.propose(f"r{i}".encode())
+    pump(leader, log)
+    last = leader.last_index
+    leader.step(AppendResponse(group_id=G, term=term, src=2, dst=1, success=True, match_index=last))
+    pump(leader, log)
+    assert leader.peer_match(2) == last
+    # The restarted follower now ends two entries earlier and refuses the next append.
+    lost_from = last - 2
+    leader.step(
+        AppendResponse(
+            group_id=G,
+            term=term,
+            src=2,
+            dst=1,
+            success=False,
+            match_index=last,
+            reject_hint=lost_from,
+        )
+    )
+    resent = of(pump(leader, log), AppendRequest, dst=2)
+    assert resent, "the leader must send again to the follower"
+    assert resent[-1].prev_index == lost_from
+    assert [e.index for e in resent[-1].entries][:2] == [lost_from + 1, lost_from + 2]
+    assert leader.peer_match(2) == lost_from
