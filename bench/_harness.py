@@ -209,6 +209,27 @@ async def connect_raw(port: int) -> tuple[asyncio.BaseTransport, RawClient]:
 # ============================================================================ smf
 
 
+async def drive_system(
+    system: str, port: int, drive: Callable[[Call, Any], Awaitable[Any]], opts: Any
+) -> Any:
+    """Connect to the echo server of ``system`` ("raw" or "smf"), run ``drive(call,
+    opts)`` with its call function, and close the connection."""
+    if system == "raw":
+        transport, proto = await connect_raw(port)
+        try:
+            return await drive(proto.call, opts)
+        finally:
+            transport.close()
+    import smf
+
+    client = smf.Client("127.0.0.1", port)
+    await client.connect()
+    try:
+        return await drive(client.call, opts)
+    finally:
+        await client.close()
+
+
 def smf_echo_server() -> Any:
     """An ``smf.Server`` with the zero-copy echo at ``WIRE_ID`` and ``WHOAMI_ID``."""
     import smf

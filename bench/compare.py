@@ -61,6 +61,7 @@ from bench._harness import (
     children_of,
     connect_raw,
     cpu_seconds,
+    drive_system,
     machine_info,
     make_payload,
     read_line,
@@ -181,25 +182,6 @@ async def drive(call: Call, opts: dict[str, Any]) -> dict[str, Any]:
         entry["mb_per_s"] = size * entry["calls_per_s"] / 1e6
         result["sweep"][str(size)] = entry
     return result
-
-
-async def client_raw(port: int, opts: dict[str, Any]) -> dict[str, Any]:
-    transport, proto = await connect_raw(port)
-    try:
-        return await drive(proto.call, opts)
-    finally:
-        transport.close()
-
-
-async def client_smf(port: int, opts: dict[str, Any]) -> dict[str, Any]:
-    import smf
-
-    client = smf.Client("127.0.0.1", port)
-    await client.connect()
-    try:
-        return await drive(client.call, opts)
-    finally:
-        await client.close()
 
 
 def _grpc_options() -> list[tuple[str, Any]]:
@@ -923,7 +905,7 @@ def _child(a: argparse.Namespace) -> int:
     if a.system == "grpc":
         result = run(client_grpc(a.port, opts, a.stubs))
     else:
-        result = run(client_raw(a.port, opts) if a.system == "raw" else client_smf(a.port, opts))
+        result = run(drive_system(a.system, a.port, drive, opts))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -56,7 +56,7 @@ from bench._harness import (
     WIRE_ID,
     Call,
     PlacementSampler,
-    connect_raw,
+    drive_system,
     machine_info,
     make_payload,
     read_port,
@@ -83,25 +83,6 @@ TARGETS = (
     ("sequential p99 smf/raw", "sequential", "p99_us", "<=", 1.5),
     ("window calls/s smf/raw", "window", "calls_per_s", ">=", 0.40),
 )
-
-
-async def client_raw(port: int, opts: dict[str, int]) -> dict[str, Any]:
-    transport, proto = await connect_raw(port)
-    try:
-        return await drive(proto.call, opts)
-    finally:
-        transport.close()
-
-
-async def client_smf(port: int, opts: dict[str, int]) -> dict[str, Any]:
-    import smf
-
-    client = smf.Client("127.0.0.1", port)
-    await client.connect()
-    try:
-        return await drive(client.call, opts)
-    finally:
-        await client.close()
 
 
 # ============================================================================ drivers
@@ -398,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.role == "server":
             run(serve_raw() if a.system == "raw" else serve_smf())
         else:
-            client = client_raw if a.system == "raw" else client_smf
-            sys.stdout.write(json.dumps(run(client(a.port, opts))) + "\n")
+            result = run(drive_system(a.system, a.port, drive, opts))
+            sys.stdout.write(json.dumps(result) + "\n")
         return 0
 
     def log(line: str) -> None:
