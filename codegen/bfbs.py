@@ -128,7 +128,7 @@ class _Table:
 _SCHEMA_OBJECTS, _SCHEMA_ENUMS, _SCHEMA_FILE_IDENT = 4, 6, 8
 _SCHEMA_ROOT_TABLE, _SCHEMA_SERVICES = 12, 14
 # Object
-_OBJ_NAME, _OBJ_FIELDS, _OBJ_IS_STRUCT, _OBJ_BYTESIZE = 4, 6, 8, 12
+_OBJ_NAME, _OBJ_FIELDS, _OBJ_IS_STRUCT, _OBJ_MINALIGN, _OBJ_BYTESIZE = 4, 6, 8, 10, 12
 _OBJ_ATTRIBUTES, _OBJ_DOCUMENTATION, _OBJ_DECLARATION_FILE = 14, 16, 18
 # Field
 _FIELD_NAME, _FIELD_TYPE, _FIELD_ID = 4, 6, 8
@@ -220,6 +220,7 @@ class _Reader:
             fields=fields,
             is_struct=t.boolean(_OBJ_IS_STRUCT),
             bytesize=t.i32(_OBJ_BYTESIZE),
+            minalign=t.i32(_OBJ_MINALIGN, 1),
             attributes=_attributes(t, _OBJ_ATTRIBUTES),
             documentation=_docs(t, _OBJ_DOCUMENTATION),
             declaration_file=_file(t, _OBJ_DECLARATION_FILE),

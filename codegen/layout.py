@@ -56,3 +56,17 @@ def parameter(indent: str, name: str, annotation: str, tail: str) -> list[str]:
     lines.extend(f"{indent}| {operand}" for operand in operands[1:])
     lines[-1] += tail
     return lines
+
+
+def call(indent: str, head: str, arguments: list[str], tail: str = "") -> list[str]:
+    """``{head}({arguments}){tail}`` as ruff formats a call (or a ``def``) without a magic
+    trailing comma: on one line if it fits, else the arguments on one line of their own,
+    else one argument per line with a trailing comma."""
+    joined = ", ".join(arguments)
+    one = f"{indent}{head}({joined}){tail}"
+    if len(one) <= WIDTH:
+        return [one]
+    inner = indent + "    "
+    if len(inner + joined) <= WIDTH:
+        return [f"{indent}{head}(", inner + joined, f"{indent}){tail}"]
+    return [f"{indent}{head}(", *(f"{inner}{a}," for a in arguments), f"{indent}){tail}"]

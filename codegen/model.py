@@ -94,6 +94,7 @@ class Object:
     fields: list[Field]
     is_struct: bool
     bytesize: int = 0
+    minalign: int = 1
     attributes: dict[str, str] = field(default_factory=dict)
     documentation: tuple[str, ...] = ()
     declaration_file: str = ""

@@ -13,11 +13,14 @@ import jinja2
 from .layout import parameter, parenthesized
 from .model import Method, Object, Schema, Service
 from .tables import ImportTable, module_of
+from .verifiers import plan, render_table, render_union
 
 STUB_SUFFIX = "_smf"
 
 # Names the generated classes define themselves (a method may not take them).
-RESERVED_METHOD_NAMES = frozenset({"service_name", "method_handlers", "client"})
+RESERVED_METHOD_NAMES = frozenset(
+    {"service_name", "method_handlers", "client", "verify", "verify_responses"}
+)
 
 # Module-level names every stub module binds (an imported type must not shadow them).
 _MODULE_NAMES = frozenset(
@@ -35,6 +38,9 @@ _MODULE_NAMES = frozenset(
         "Payload",
         "Protocol",
         "Default",
+        "VerificationError",
+        "Verifier",
+        "VerifyFn",
         "flatbuffers",
         # constants and helpers
         "METHOD_NAMES",
@@ -49,6 +55,7 @@ _MODULE_NAMES = frozenset(
         "_repack",
         "_unexpected",
         "_unimplemented",
+        "_verify",
     }
 )
 
@@ -107,6 +114,8 @@ class _MethodView:
     request_t: str
     response: str
     response_t: str
+    verify_request: str  # the verifiers' names
+    verify_response: str
     server_doc: str  # rendered docstrings
     client_doc: str
     server_returns: str  # rendered lines: the server method's return annotation
@@ -126,6 +135,7 @@ class _ServiceView:
     server_doc: str = ""
     client_doc: str = ""
     encoders: list[tuple[str, str, str]] = field(default_factory=list)  # (fn, table, T)
+    verifiers: list[str] = field(default_factory=list)  # rendered functions and union maps
 
 
 def docstring(lines: Iterable[str], indent: str = "") -> str:
@@ -147,6 +157,9 @@ def docstring(lines: Iterable[str], indent: str = "") -> str:
         )
     while out and not out[-1]:
         out.pop()
+    if len(out) == 1 and len(out[0]) + 3 > width:
+        # ruff puts the closing quotes of a one-line docstring on its line: make it two.
+        out = textwrap.wrap(out[0], width=width - 3, break_long_words=False, break_on_hyphens=False)
     if len(out) == 1 and len(out[0]) + 3 <= width and not out[0].endswith('"'):
         return f'{indent}{out[0]}"""'
     body = "\n".join(f"{indent}{line}" if line else "" for line in out)
@@ -176,11 +189,14 @@ def _with_docs(first: str, docs: tuple[str, ...], *rest: str) -> list[str]:
     return lines
 
 
-def _view(service: Service) -> _ServiceView:
+def _view(service: Service, schema: Schema) -> _ServiceView:
     name = service.short_name
     client = name + "Client"
     method_names = {m.name for m in service.methods}
+    roots = [obj for m in service.methods for obj in (m.request, m.response)]
+    verifiers, tables, unions = plan(schema, roots)
     taken = {*_MODULE_NAMES, *method_names, name, client, *RESERVED_METHOD_NAMES}
+    taken |= verifiers.names()
     for m in service.methods:
         taken.update({f"{m.name}_METHOD_ID", f"{m.name}_WIRE_ID"})
     imports = ImportTable(taken)
@@ -201,6 +217,8 @@ def _view(service: Service) -> _ServiceView:
                 request_t=local(m.request, "T"),
                 response=local(m.response),
                 response_t=local(m.response, "T"),
+                verify_request=verifiers.functions[m.request.name],
+                verify_response=verifiers.functions[m.response.name],
                 server_doc=docstring(lines, " " * 8),
                 client_doc=docstring(lines, " " * 8),
                 server_returns="\n".join(
@@ -251,6 +269,10 @@ def _view(service: Service) -> _ServiceView:
             " " * 4,
         ),
     )
+    for obj in tables:
+        doc = docstring([f"Checks a ``{obj.name}`` table."], " " * 4)
+        view.verifiers.append(render_table(schema, verifiers, obj, doc))
+    view.verifiers += [render_union(schema, verifiers, union) for union in unions]
     seen: set[str] = set()
     for mv in methods:
         for table, table_t in ((mv.request, mv.request_t), (mv.response, mv.response_t)):
@@ -292,8 +314,8 @@ def _value_param(table: str, table_t: str) -> str:
     return "\n".join(parameter("    ", "value", f"{table} | {table_t} | Payload", ","))
 
 
-def render_service(service: Service) -> str:
-    view = _view(service)
+def render_service(service: Service, schema: Schema) -> str:
+    view = _view(service, schema)
     template = _environment().get_template("service.py.j2")
     return template.render(
         s=view,

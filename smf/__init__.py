@@ -19,6 +19,7 @@ from .errors import (
 from .loop import new_event_loop, run
 from .router import Handler, Payload, Service, ServiceRouter
 from .server import Server, ServerStats
+from .verify import VerificationError, Verifier
 from .wire import Compression, FrameDecoder, Status
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unsupported",
+    "VerificationError",
+    "Verifier",
     "new_event_loop",
     "run",
 ]

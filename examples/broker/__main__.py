@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .tls import add_tls_arguments, tls_from_args
+
 if TYPE_CHECKING:
     from .client import BrokerClient
 
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync-delay", type=_seconds, default=0.0, help="added to every fsync")
     p.add_argument("--tick-ms", type=_positive, default=50, help="Raft tick (ms)")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync (unsafe)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    add_tls_arguments(p)
 
     p = sub.add_parser("admin", help="create, delete and describe topics; node health")
     _common(p)
@@ -154,6 +158,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="any node(s) of the cluster",
     )
     p.add_argument("--timeout", type=_seconds, default=10.0, help="per operation (10 s)")
+    add_tls_arguments(p)
 
 
 # --------------------------------------------------------------------------- commands
@@ -290,7 +295,12 @@ async def _consume(args: argparse.Namespace, client: BrokerClient) -> int:
 async def _client_command(args: argparse.Namespace) -> int:
     from .client import BrokerClient
 
-    client = BrokerClient(args.bootstrap, timeout=args.timeout)
+    tls = tls_from_args(args)
+    client = BrokerClient(
+        args.bootstrap,
+        timeout=args.timeout,
+        ssl=tls.client_context() if tls is not None else None,
+    )
     try:
         if args.command == "admin":
             return await _admin(args, client)
@@ -316,6 +326,8 @@ def _run_node(args: argparse.Namespace) -> int:
             fsync=not args.no_fsync,
             fsync_delay=args.fsync_delay,
             tick_interval=args.tick_ms / 1000.0,
+            metrics_port=args.metrics_port,
+            tls=tls_from_args(args),
         )
     )
     return 0

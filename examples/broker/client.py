@@ -34,6 +34,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, Final, Generic, TypeVar
 
 import flatbuffers
@@ -250,8 +251,10 @@ class BrokerClient:
         max_attempts: int = 30,
         down_for: float = 1.0,
         address_map: Mapping[str, str] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
+        self.ssl = ssl
         self.rpc_timeout = rpc_timeout if rpc_timeout is not None else timeout
         self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts
@@ -498,6 +501,7 @@ class BrokerClient:
                 port,
                 timeout=self.rpc_timeout,
                 connect_timeout=max(0.05, min(self.connect_timeout, timeout)),
+                ssl=self.ssl,
             )
             try:
                 await client.connect()

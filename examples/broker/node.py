@@ -29,12 +29,14 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import smf
 
 from . import codec, raft
 from .log import KIND_DATA, SegmentedLog
+from .tls import TlsFiles
 
 codec.use_generated_stubs()  # the generated modules below live there
 
@@ -277,8 +279,11 @@ class Peers:
     """One smf client per peer (reconnecting with backoff), and a bounded number of
     one-way sends in flight to each."""
 
-    def __init__(self, node: Node, peers: dict[int, Address]) -> None:
+    def __init__(
+        self, node: Node, peers: dict[int, Address], ssl: SSLContext | None = None
+    ) -> None:
         self.node = node
+        self.ssl = ssl
         self.addresses = dict(peers)
         self.clients: dict[int, smf.Client] = {}
         self.in_flight: dict[int, int] = defaultdict(int)
@@ -295,6 +300,7 @@ class Peers:
                 timeout=PEER_CALL_TIMEOUT,
                 connect_timeout=PEER_CALL_TIMEOUT,
                 reconnect=smf.Backoff(initial=0.05, maximum=1.0),
+                ssl=self.ssl,
             )
             self.clients[peer] = c
         return c
@@ -309,7 +315,8 @@ class Peers:
 
     async def _send(self, peer: int, wire_id: int, payload: bytes) -> None:
         try:
-            await self.client(peer).call(wire_id, payload)
+            # An explicit timeout: the deadline travels with the call (smf-timeout-us).
+            await self.client(peer).call(wire_id, payload, timeout=PEER_CALL_TIMEOUT)
             self.last_ok[peer] = time.monotonic()
         except (smf.SmfError, OSError) as exc:
             log.debug("send to node %d failed: %s", peer, exc)
@@ -487,8 +494,10 @@ class Node:
         fsync_delay: float = 0.0,
         tick_interval: float = 0.05,
         election_ticks: int = 10,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.listen = listen
         self.data_dir = data_dir
         self.fsync = fsync
@@ -500,7 +509,7 @@ class Node:
         self.groups: dict[int, Group] = {}
         self.controller = ControllerState(self.all_nodes)
         self.command_waiters: dict[int, asyncio.Future[str]] = {}
-        self.peers = Peers(self, peers)
+        self.peers = Peers(self, peers, tls.client_context() if tls is not None else None)
         self.outbox = Outbox(self)
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"fsync-{node_id}")
         self.server = smf.Server([ReplicationService(self), AdminService(self), DataService(self)])
@@ -521,7 +530,11 @@ class Node:
                 self.apply_controller(entry, replay=True)
         controller.start()
         self._sync_partitions()
-        await self.server.start(self.listen[0], self.listen[1])
+        await self.server.start(
+            self.listen[0],
+            self.listen[1],
+            ssl=self.tls.server_context() if self.tls is not None else None,
+        )
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def stop(self) -> None:
@@ -702,6 +715,7 @@ async def run_node(
     tick_interval: float = 0.05,
     election_ticks: int = 10,
     metrics_port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Serve until cancelled or SIGTERM/SIGINT."""
     node = Node(
@@ -713,6 +727,7 @@ async def run_node(
         fsync_delay=fsync_delay,
         tick_interval=tick_interval,
         election_ticks=election_ticks,
+        tls=tls,
     )
     await node.start()
     print(f"node {node_id} listening on {format_address(listen)}", flush=True)
@@ -720,7 +735,7 @@ async def run_node(
     if metrics_port is not None:
         from smf.prometheus import MetricsExporter
 
-        exporter = MetricsExporter(servers=[node.server], clients=list(node.peers.clients.values()))
+        exporter = MetricsExporter(servers=[node.server])
         port = exporter.start_http_server(metrics_port)
         print(f"node {node_id} metrics on http://127.0.0.1:{port}/metrics", flush=True)
     stop = asyncio.Event()

@@ -165,3 +165,53 @@ async def test_leader_failover_keeps_acknowledged_records(cluster: Cluster) -> N
     more = await produce(cluster, new_leader, [b"x3"])
     assert more[0] > offsets[-1]
     assert [v for _, v in await fetch_local(cluster, new_leader)] == [b"x1", b"x2", b"x3"]
+
+
+async def test_mutual_tls_between_nodes_and_for_clients(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    from examples.broker.client import BrokerClient
+    from examples.broker.tls import TlsFiles
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def issue(name: str) -> TlsFiles:
+        cert = ca.issue_cert(name)
+        cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        return TlsFiles(ca_file, cert_file, key_file)
+
+    c = Cluster(tmp_path / "data")
+    for i in c.ports:
+        peers = {j: ("127.0.0.1", p) for j, p in c.ports.items() if j != i}
+        node = Node(
+            i,
+            ("127.0.0.1", c.ports[i]),
+            peers,
+            c.root / f"node-{i}",
+            fsync=False,
+            tls=issue(f"node-{i}.cluster"),
+        )
+        await node.start()
+        c.nodes[i] = node
+    try:
+        await c.wait_leader(CONTROLLER)  # elections ran over mutual TLS
+        client_tls = issue("producer.cluster")
+        addresses = [f"127.0.0.1:{p}" for p in c.ports.values()]
+        broker = BrokerClient(addresses, timeout=15.0, ssl=client_tls.client_context())
+        try:
+            await broker.create_topic("t", partitions=1)
+            offsets = await broker.produce("t", 0, [b"secret"])
+            assert [v for _, v in await broker.fetch("t", 0, offsets[0], 10)] == [b"secret"]
+        finally:
+            await broker.close()
+        plain = smf.Client("127.0.0.1", c.ports[1], timeout=3.0, connect_timeout=3.0)
+        with pytest.raises(smf.ConnectionLost):
+            await plain.connect()
+            await plain.call(1, b"x")
+        await plain.close()
+    finally:
+        for i in list(c.nodes):
+            await c.stop(i)

@@ -46,6 +46,7 @@ CORPUS_SCHEMAS = [
     SCHEMAS / "multi.fbs",
     SCHEMAS / "tables_only.fbs",
     SCHEMAS / "long_names.fbs",
+    SCHEMAS / "verify.fbs",
     IDL / "demo.fbs",
 ]
 

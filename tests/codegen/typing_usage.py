@@ -21,9 +21,10 @@ from multi.b.Item import ItemT as BItemT
 from multi.Store_smf import Store
 from smf_gen.demo.Request import Request, RequestT
 from smf_gen.demo.Response import Response, ResponseT
-from smf_gen.demo.SmfStorage_smf import SmfStorage, SmfStorageClient
+from smf_gen.demo.SmfStorage_smf import SmfStorage, SmfStorageClient, verify_Request
 
 import smf
+from smf.verify import VerificationError, Verifier, verify_buffer
 
 
 class Storage(SmfStorage):
@@ -78,6 +79,19 @@ async def client_side(client: smf.Client) -> None:
     circle_table.Radius()
 
 
+def verification(client: smf.Client, body: memoryview) -> None:
+    trusted = Storage(verify=False)
+    checked: bool = trusted.verify and Geo().verify
+    checking = SmfStorageClient(client, verify_responses=True)
+    try:
+        Verifier(body, max_tables=1000).root(verify_Request)
+        verify_buffer(bytes(body), verify_Request, max_depth=8)
+    except VerificationError as err:
+        where: str = err.where
+        offset: int = err.offset
+        assert where and offset and checked and checking
+
+
 # Mistakes the types catch -------------------------------------------------------------
 
 
@@ -93,3 +107,6 @@ async def mistakes(client: smf.Client, request: Request) -> None:
     await SmfStorageClient(client).Get("name")  # E: arg-type
     await SmfStorageClient(client).Get(RequestT(), timeout="1")  # E: arg-type
     EmptyT(name="x")  # E: call-arg
+    Storage(False)  # E: call-arg
+    SmfStorageClient(client, True)  # E: call-arg
+    verify_buffer(b"", Request)  # E: arg-type

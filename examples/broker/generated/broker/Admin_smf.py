@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from broker.AdminReply import AdminReply, AdminReplyT
 from broker.ClusterDescription import ClusterDescription, ClusterDescriptionT
@@ -74,6 +75,12 @@ class Admin:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def CreateTopic(
         self,
@@ -114,7 +121,11 @@ class Admin:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = CreateTopicRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_CreateTopicRequest)
+            else:
+                _check_root(body)
+            request = CreateTopicRequest.GetRootAs(body, 0)
             response = await self.CreateTopic(request, ctx)
             return _encode_AdminReply(response)
 
@@ -122,7 +133,11 @@ class Admin:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = DeleteTopicRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_DeleteTopicRequest)
+            else:
+                _check_root(body)
+            request = DeleteTopicRequest.GetRootAs(body, 0)
             response = await self.DeleteTopic(request, ctx)
             return _encode_AdminReply(response)
 
@@ -130,7 +145,11 @@ class Admin:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = DescribeRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_DescribeRequest)
+            else:
+                _check_root(body)
+            request = DescribeRequest.GetRootAs(body, 0)
             response = await self.Describe(request, ctx)
             return _encode_ClusterDescription(response)
 
@@ -138,7 +157,11 @@ class Admin:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = HealthRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_HealthRequest)
+            else:
+                _check_root(body)
+            request = HealthRequest.GetRootAs(body, 0)
             response = await self.Health(request, ctx)
             return _encode_HealthReply(response)
 
@@ -159,8 +182,11 @@ class AdminClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def CreateTopic(
         self,
@@ -177,6 +203,8 @@ class AdminClient:
             timeout=timeout,
             metadata=metadata,
         )
+        if self.verify_responses:
+            Verifier(body).root(verify_AdminReply)
         return AdminReply.GetRootAs(body, 0)
 
     async def DeleteTopic(
@@ -194,6 +222,8 @@ class AdminClient:
             timeout=timeout,
             metadata=metadata,
         )
+        if self.verify_responses:
+            Verifier(body).root(verify_AdminReply)
         return AdminReply.GetRootAs(body, 0)
 
     async def Describe(
@@ -206,6 +236,8 @@ class AdminClient:
         """``Describe(DescribeRequest): ClusterDescription``."""
         payload = _encode_DescribeRequest(request)
         body = await self.client.call(Describe_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_ClusterDescription)
         return ClusterDescription.GetRootAs(body, 0)
 
     async def Health(
@@ -218,6 +250,8 @@ class AdminClient:
         """``Health(HealthRequest): HealthReply``."""
         payload = _encode_HealthRequest(request)
         body = await self.client.call(Health_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_HealthReply)
         return HealthReply.GetRootAs(body, 0)
 
 
@@ -248,6 +282,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -348,3 +390,82 @@ def _encode_HealthReply(
     if isinstance(value, HealthReply):
         return _as_root(value._tab) or _repack(value, HealthReplyT)
     raise _unexpected(value, HealthReplyT)
+
+
+def verify_AdminReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AdminReply`` table."""
+    t = v.table(pos, "AdminReply")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+
+
+def verify_ClusterDescription(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.ClusterDescription`` table."""
+    t = v.table(pos, "ClusterDescription")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+    t.scalar(8, "node_id", 4)
+    t.scalar(10, "controller_leader", 4)
+    t.tables(12, "nodes", verify_NodeInfo)
+    t.tables(14, "topics", verify_TopicInfo)
+
+
+def verify_CreateTopicRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.CreateTopicRequest`` table."""
+    t = v.table(pos, "CreateTopicRequest")
+    t.string(4, "name")
+    t.scalar(6, "partitions", 4)
+    t.scalar(8, "replicas", 4)
+
+
+def verify_DeleteTopicRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.DeleteTopicRequest`` table."""
+    t = v.table(pos, "DeleteTopicRequest")
+    t.string(4, "name")
+
+
+def verify_DescribeRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.DescribeRequest`` table."""
+    v.table(pos, "DescribeRequest")
+
+
+def verify_HealthReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HealthReply`` table."""
+    t = v.table(pos, "HealthReply")
+    t.scalar(4, "node_id", 4)
+    t.scalar(6, "ok", 1)
+    t.scalar(8, "groups", 4)
+    t.scalar(10, "leader_of", 4)
+    t.scalar(12, "uptime_ms", 8)
+
+
+def verify_HealthRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HealthRequest`` table."""
+    v.table(pos, "HealthRequest")
+
+
+def verify_NodeInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.NodeInfo`` table."""
+    t = v.table(pos, "NodeInfo")
+    t.scalar(4, "id", 4)
+    t.string(6, "address")
+    t.scalar(8, "alive", 1)
+
+
+def verify_PartitionInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.PartitionInfo`` table."""
+    t = v.table(pos, "PartitionInfo")
+    t.scalar(4, "partition", 4)
+    t.scalar(6, "group", 8)
+    t.vector(8, "replicas", 4)
+    t.scalar(10, "leader", 4)
+    t.scalar(12, "term", 8)
+    t.scalar(14, "commit_index", 8)
+    t.scalar(16, "last_index", 8)
+
+
+def verify_TopicInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.TopicInfo`` table."""
+    t = v.table(pos, "TopicInfo")
+    t.string(4, "name")
+    t.tables(6, "partitions", verify_PartitionInfo)

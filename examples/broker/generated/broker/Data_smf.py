@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from broker.FetchReply import FetchReply, FetchReplyT
 from broker.FetchRequest import FetchRequest, FetchRequestT
@@ -59,6 +60,12 @@ class Data:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Produce(
         self,
@@ -83,7 +90,11 @@ class Data:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = ProduceRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_ProduceRequest)
+            else:
+                _check_root(body)
+            request = ProduceRequest.GetRootAs(body, 0)
             response = await self.Produce(request, ctx)
             return _encode_ProduceReply(response)
 
@@ -91,7 +102,11 @@ class Data:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = FetchRequest.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_FetchRequest)
+            else:
+                _check_root(body)
+            request = FetchRequest.GetRootAs(body, 0)
             response = await self.Fetch(request, ctx)
             return _encode_FetchReply(response)
 
@@ -110,8 +125,11 @@ class DataClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Produce(
         self,
@@ -123,6 +141,8 @@ class DataClient:
         """``Produce(ProduceRequest): ProduceReply``."""
         payload = _encode_ProduceRequest(request)
         body = await self.client.call(Produce_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_ProduceReply)
         return ProduceReply.GetRootAs(body, 0)
 
     async def Fetch(
@@ -135,6 +155,8 @@ class DataClient:
         """``Fetch(FetchRequest): FetchReply``."""
         payload = _encode_FetchRequest(request)
         body = await self.client.call(Fetch_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_FetchReply)
         return FetchReply.GetRootAs(body, 0)
 
 
@@ -165,6 +187,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -229,3 +259,52 @@ def _encode_FetchReply(
     if isinstance(value, FetchReply):
         return _as_root(value._tab) or _repack(value, FetchReplyT)
     raise _unexpected(value, FetchReplyT)
+
+
+def verify_FetchReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.FetchReply`` table."""
+    t = v.table(pos, "FetchReply")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+    t.tables(8, "records", verify_Record)
+    t.scalar(10, "high_watermark", 8)
+
+
+def verify_FetchRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.FetchRequest`` table."""
+    t = v.table(pos, "FetchRequest")
+    t.string(4, "topic")
+    t.scalar(6, "partition", 4)
+    t.scalar(8, "offset", 8)
+    t.scalar(10, "max_records", 4)
+    t.scalar(12, "local", 1)
+
+
+def verify_ProduceReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.ProduceReply`` table."""
+    t = v.table(pos, "ProduceReply")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+    t.vector(8, "offsets", 8)
+
+
+def verify_ProduceRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.ProduceRequest`` table."""
+    t = v.table(pos, "ProduceRequest")
+    t.string(4, "topic")
+    t.scalar(6, "partition", 4)
+    t.tables(8, "values", verify_Value)
+
+
+def verify_Record(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Record`` table."""
+    t = v.table(pos, "Record")
+    t.scalar(4, "offset", 8)
+    t.scalar(6, "crc", 4)
+    t.vector(8, "value", 1)
+
+
+def verify_Value(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Value`` table."""
+    t = v.table(pos, "Value")
+    t.vector(4, "data", 1)

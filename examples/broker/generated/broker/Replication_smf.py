@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from broker.Ack import Ack, AckT
 from broker.AppendBatch import AppendBatch, AppendBatchT
@@ -65,6 +66,12 @@ class Replication:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Vote(
         self,
@@ -97,7 +104,11 @@ class Replication:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = VoteBatch.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_VoteBatch)
+            else:
+                _check_root(body)
+            request = VoteBatch.GetRootAs(body, 0)
             response = await self.Vote(request, ctx)
             return _encode_Ack(response)
 
@@ -105,7 +116,11 @@ class Replication:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = AppendBatch.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_AppendBatch)
+            else:
+                _check_root(body)
+            request = AppendBatch.GetRootAs(body, 0)
             response = await self.AppendEntries(request, ctx)
             return _encode_Ack(response)
 
@@ -113,7 +128,11 @@ class Replication:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = HeartbeatBatch.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_HeartbeatBatch)
+            else:
+                _check_root(body)
+            request = HeartbeatBatch.GetRootAs(body, 0)
             response = await self.Heartbeat(request, ctx)
             return _encode_Ack(response)
 
@@ -133,8 +152,11 @@ class ReplicationClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Vote(
         self,
@@ -146,6 +168,8 @@ class ReplicationClient:
         """``Vote(VoteBatch): Ack``."""
         payload = _encode_VoteBatch(request)
         body = await self.client.call(Vote_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Ack)
         return Ack.GetRootAs(body, 0)
 
     async def AppendEntries(
@@ -163,6 +187,8 @@ class ReplicationClient:
             timeout=timeout,
             metadata=metadata,
         )
+        if self.verify_responses:
+            Verifier(body).root(verify_Ack)
         return Ack.GetRootAs(body, 0)
 
     async def Heartbeat(
@@ -180,6 +206,8 @@ class ReplicationClient:
             timeout=timeout,
             metadata=metadata,
         )
+        if self.verify_responses:
+            Verifier(body).root(verify_Ack)
         return Ack.GetRootAs(body, 0)
 
 
@@ -210,6 +238,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -274,3 +310,106 @@ def _encode_HeartbeatBatch(
     if isinstance(value, HeartbeatBatch):
         return _as_root(value._tab) or _repack(value, HeartbeatBatchT)
     raise _unexpected(value, HeartbeatBatchT)
+
+
+def verify_Ack(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Ack`` table."""
+    t = v.table(pos, "Ack")
+    t.scalar(4, "accepted", 4)
+
+
+def verify_AppendBatch(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AppendBatch`` table."""
+    t = v.table(pos, "AppendBatch")
+    t.tables(4, "requests", verify_AppendRequest)
+    t.tables(6, "responses", verify_AppendResponse)
+
+
+def verify_AppendRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AppendRequest`` table."""
+    t = v.table(pos, "AppendRequest")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "prev_index", 8)
+    t.scalar(14, "prev_term", 8)
+    t.tables(16, "entries", verify_LogEntry)
+    t.scalar(18, "leader_commit", 8)
+
+
+def verify_AppendResponse(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AppendResponse`` table."""
+    t = v.table(pos, "AppendResponse")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "success", 1)
+    t.scalar(14, "match_index", 8)
+    t.scalar(16, "reject_hint", 8)
+
+
+def verify_Heartbeat(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Heartbeat`` table."""
+    t = v.table(pos, "Heartbeat")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "leader_commit", 8)
+
+
+def verify_HeartbeatBatch(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HeartbeatBatch`` table."""
+    t = v.table(pos, "HeartbeatBatch")
+    t.tables(4, "heartbeats", verify_Heartbeat)
+    t.tables(6, "responses", verify_HeartbeatResponse)
+
+
+def verify_HeartbeatResponse(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HeartbeatResponse`` table."""
+    t = v.table(pos, "HeartbeatResponse")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+
+
+def verify_LogEntry(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.LogEntry`` table."""
+    t = v.table(pos, "LogEntry")
+    t.scalar(4, "term", 8)
+    t.scalar(6, "index", 8)
+    t.scalar(8, "kind", 1)
+    t.vector(10, "data", 1)
+
+
+def verify_VoteBatch(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.VoteBatch`` table."""
+    t = v.table(pos, "VoteBatch")
+    t.tables(4, "requests", verify_VoteRequest)
+    t.tables(6, "responses", verify_VoteResponse)
+
+
+def verify_VoteRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.VoteRequest`` table."""
+    t = v.table(pos, "VoteRequest")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "last_log_index", 8)
+    t.scalar(14, "last_log_term", 8)
+    t.scalar(16, "pre_vote", 1)
+
+
+def verify_VoteResponse(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.VoteResponse`` table."""
+    t = v.table(pos, "VoteResponse")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "granted", 1)
+    t.scalar(14, "pre_vote", 1)

@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from Thing import Thing as _Thing
 from Thing import ThingT as _ThingT
@@ -51,6 +52,12 @@ class Thing:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Echo(
         self,
@@ -67,7 +74,11 @@ class Thing:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = _Thing.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Thing)
+            else:
+                _check_root(body)
+            request = _Thing.GetRootAs(body, 0)
             response = await self.Echo(request, ctx)
             return _encode__Thing(response)
 
@@ -85,8 +96,11 @@ class ThingClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Echo(
         self,
@@ -98,6 +112,8 @@ class ThingClient:
         """``Echo(Thing): Thing``."""
         payload = _encode__Thing(request)
         body = await self.client.call(Echo_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Thing)
         return _Thing.GetRootAs(body, 0)
 
 
@@ -130,6 +146,14 @@ def _check_root(body: memoryview) -> memoryview:
     return body
 
 
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
+
+
 def _repack(table: object, object_api: Any) -> memoryview:
     """A table that is not its buffer's root, unpacked and packed again."""
     return _pack(object_api.InitFromObj(table))
@@ -156,3 +180,17 @@ def _encode__Thing(
     if isinstance(value, _Thing):
         return _as_root(value._tab) or _repack(value, _ThingT)
     raise _unexpected(value, _ThingT)
+
+
+def verify_Peer(v: Verifier, pos: int) -> None:
+    """Checks a ``Peer`` table."""
+    t = v.table(pos, "Peer")
+    t.table(4, "thing", verify_Thing)
+    t.tables(6, "things", verify_Thing)
+
+
+def verify_Thing(v: Verifier, pos: int) -> None:
+    """Checks a ``Thing`` table."""
+    t = v.table(pos, "Thing")
+    t.scalar(4, "id", 4)
+    t.table(6, "peer", verify_Peer)

@@ -20,6 +20,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from smf_gen.demo.Request import Request, RequestT
 from smf_gen.demo.Response import Response, ResponseT
@@ -59,6 +60,12 @@ class SmfStorage:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Get(
         self,
@@ -83,7 +90,11 @@ class SmfStorage:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Request.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Request)
+            else:
+                _check_root(body)
+            request = Request.GetRootAs(body, 0)
             response = await self.Get(request, ctx)
             return _encode_Response(response)
 
@@ -91,7 +102,11 @@ class SmfStorage:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Request.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Request)
+            else:
+                _check_root(body)
+            request = Request.GetRootAs(body, 0)
             response = await self.Put(request, ctx)
             return _encode_Response(response)
 
@@ -110,8 +125,11 @@ class SmfStorageClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Get(
         self,
@@ -123,6 +141,8 @@ class SmfStorageClient:
         """``Get(Request): Response``."""
         payload = _encode_Request(request)
         body = await self.client.call(Get_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Response)
         return Response.GetRootAs(body, 0)
 
     async def Put(
@@ -135,6 +155,8 @@ class SmfStorageClient:
         """``Put(Request): Response``."""
         payload = _encode_Request(request)
         body = await self.client.call(Put_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Response)
         return Response.GetRootAs(body, 0)
 
 
@@ -165,6 +187,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -205,3 +235,15 @@ def _encode_Response(
     if isinstance(value, Response):
         return _as_root(value._tab) or _repack(value, ResponseT)
     raise _unexpected(value, ResponseT)
+
+
+def verify_Request(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_gen.demo.Request`` table."""
+    t = v.table(pos, "Request")
+    t.string(4, "name")
+
+
+def verify_Response(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_gen.demo.Response`` table."""
+    t = v.table(pos, "Response")
+    t.string(4, "name")

@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from multi.a.Item import Item as _Item
 from multi.a.Item import ItemT as _ItemT
@@ -67,6 +68,12 @@ class Store:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Item(
         self,
@@ -99,7 +106,11 @@ class Store:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = _Item.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_multi_a_Item)
+            else:
+                _check_root(body)
+            request = _Item.GetRootAs(body, 0)
             response = await self.Item(request, ctx)
             return _encode__multi_b_Item(response)
 
@@ -107,7 +118,11 @@ class Store:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = _multi_b_Item.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_multi_b_Item)
+            else:
+                _check_root(body)
+            request = _multi_b_Item.GetRootAs(body, 0)
             response = await self.Fetch(request, ctx)
             return _encode__Item(response)
 
@@ -115,7 +130,11 @@ class Store:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Thing.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Thing)
+            else:
+                _check_root(body)
+            request = Thing.GetRootAs(body, 0)
             response = await self.Loop(request, ctx)
             return _encode_Peer(response)
 
@@ -135,8 +154,11 @@ class StoreClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Item(
         self,
@@ -148,6 +170,8 @@ class StoreClient:
         """``Item(multi.a.Item): multi.b.Item``."""
         payload = _encode__Item(request)
         body = await self.client.call(Item_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_multi_b_Item)
         return _multi_b_Item.GetRootAs(body, 0)
 
     async def Fetch(
@@ -160,6 +184,8 @@ class StoreClient:
         """``Fetch(multi.b.Item): multi.a.Item``."""
         payload = _encode__multi_b_Item(request)
         body = await self.client.call(Fetch_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_multi_a_Item)
         return _Item.GetRootAs(body, 0)
 
     async def Loop(
@@ -172,6 +198,8 @@ class StoreClient:
         """``Loop(Thing): Peer``."""
         payload = _encode_Thing(request)
         body = await self.client.call(Loop_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Peer)
         return Peer.GetRootAs(body, 0)
 
 
@@ -202,6 +230,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -266,3 +302,29 @@ def _encode_Peer(
     if isinstance(value, Peer):
         return _as_root(value._tab) or _repack(value, PeerT)
     raise _unexpected(value, PeerT)
+
+
+def verify_Peer(v: Verifier, pos: int) -> None:
+    """Checks a ``Peer`` table."""
+    t = v.table(pos, "Peer")
+    t.table(4, "thing", verify_Thing)
+    t.tables(6, "things", verify_Thing)
+
+
+def verify_Thing(v: Verifier, pos: int) -> None:
+    """Checks a ``Thing`` table."""
+    t = v.table(pos, "Thing")
+    t.scalar(4, "id", 4)
+    t.table(6, "peer", verify_Peer)
+
+
+def verify_multi_a_Item(v: Verifier, pos: int) -> None:
+    """Checks a ``multi.a.Item`` table."""
+    t = v.table(pos, "Item")
+    t.string(4, "name")
+
+
+def verify_multi_b_Item(v: Verifier, pos: int) -> None:
+    """Checks a ``multi.b.Item`` table."""
+    t = v.table(pos, "Item")
+    t.scalar(4, "count", 4)

@@ -20,6 +20,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from corpus.geo.deep.Figure import Figure, FigureT
 from corpus.other.Note import Note, NoteT
@@ -53,6 +54,12 @@ class Geometry:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Annotate(
         self,
@@ -69,7 +76,11 @@ class Geometry:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Note.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Note)
+            else:
+                _check_root(body)
+            request = Note.GetRootAs(body, 0)
             response = await self.Annotate(request, ctx)
             return _encode_Figure(response)
 
@@ -87,8 +98,11 @@ class GeometryClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Annotate(
         self,
@@ -100,6 +114,8 @@ class GeometryClient:
         """``Annotate(Note): corpus.geo.deep.Figure``."""
         payload = _encode_Note(request)
         body = await self.client.call(Annotate_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Figure)
         return Figure.GetRootAs(body, 0)
 
 
@@ -130,6 +146,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -170,3 +194,51 @@ def _encode_Figure(
     if isinstance(value, Figure):
         return _as_root(value._tab) or _repack(value, FigureT)
     raise _unexpected(value, FigureT)
+
+
+def verify_Circle(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Circle`` table."""
+    t = v.table(pos, "Circle")
+    t.scalar(4, "radius", 8)
+
+
+def verify_Point(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Point`` table."""
+    t = v.table(pos, "Point")
+    t.struct(4, "pos", 12, 4)
+    t.scalar(6, "color", 1)
+    t.strings(8, "tags")
+
+
+def verify_Square(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Square`` table."""
+    t = v.table(pos, "Square")
+    t.scalar(4, "side", 8)
+
+
+def verify_Figure(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.geo.deep.Figure`` table."""
+    t = v.table(pos, "Figure")
+    t.scalar(4, "id", 8)
+    t.string(6, "name", required=True)
+    t.union(10, "shape", _Shape_VERIFIERS)
+    t.tables(12, "points", verify_Point)
+    t.vector(14, "data", 1)
+    t.vector(16, "coords", 12)
+    t.vector(18, "colors", 1)
+    t.scalar(20, "flags", 4)
+    t.scalar(22, "opt", 4)
+    t.struct(24, "pair", 28, 4)
+    t.scalar(28, "on", 1)
+
+
+def verify_Note(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.other.Note`` table."""
+    t = v.table(pos, "Note")
+    t.string(4, "text")
+
+
+_Shape_VERIFIERS = {
+    1: verify_Circle,
+    2: verify_Square,
+}

@@ -22,6 +22,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from corpus.common.Empty import Empty, EmptyT
 from corpus.common.Point import Point, PointT
@@ -62,6 +63,12 @@ class Geometry:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Draw(
         self,
@@ -89,7 +96,11 @@ class Geometry:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Point.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Point)
+            else:
+                _check_root(body)
+            request = Point.GetRootAs(body, 0)
             response = await self.Draw(request, ctx)
             return _encode_Figure(response)
 
@@ -97,7 +108,11 @@ class Geometry:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Empty.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Empty)
+            else:
+                _check_root(body)
+            request = Empty.GetRootAs(body, 0)
             response = await self.Ping(request, ctx)
             return _encode_Empty(response)
 
@@ -116,8 +131,11 @@ class GeometryClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Draw(
         self,
@@ -132,6 +150,8 @@ class GeometryClient:
         """
         payload = _encode_Point(request)
         body = await self.client.call(Draw_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Figure)
         return Figure.GetRootAs(body, 0)
 
     async def Ping(
@@ -144,6 +164,8 @@ class GeometryClient:
         """``Ping(corpus.common.Empty): corpus.common.Empty``."""
         payload = _encode_Empty(request)
         body = await self.client.call(Ping_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Empty)
         return Empty.GetRootAs(body, 0)
 
 
@@ -174,6 +196,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -226,3 +256,50 @@ def _encode_Empty(
     if isinstance(value, Empty):
         return _as_root(value._tab) or _repack(value, EmptyT)
     raise _unexpected(value, EmptyT)
+
+
+def verify_Circle(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Circle`` table."""
+    t = v.table(pos, "Circle")
+    t.scalar(4, "radius", 8)
+
+
+def verify_Empty(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Empty`` table."""
+    v.table(pos, "Empty")
+
+
+def verify_Point(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Point`` table."""
+    t = v.table(pos, "Point")
+    t.struct(4, "pos", 12, 4)
+    t.scalar(6, "color", 1)
+    t.strings(8, "tags")
+
+
+def verify_Square(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Square`` table."""
+    t = v.table(pos, "Square")
+    t.scalar(4, "side", 8)
+
+
+def verify_Figure(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.geo.deep.Figure`` table."""
+    t = v.table(pos, "Figure")
+    t.scalar(4, "id", 8)
+    t.string(6, "name", required=True)
+    t.union(10, "shape", _Shape_VERIFIERS)
+    t.tables(12, "points", verify_Point)
+    t.vector(14, "data", 1)
+    t.vector(16, "coords", 12)
+    t.vector(18, "colors", 1)
+    t.scalar(20, "flags", 4)
+    t.scalar(22, "opt", 4)
+    t.struct(24, "pair", 28, 4)
+    t.scalar(28, "on", 1)
+
+
+_Shape_VERIFIERS = {
+    1: verify_Circle,
+    2: verify_Square,
+}

@@ -18,6 +18,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from corpus.common.Circle import Circle, CircleT
 from corpus.geo.deep.Figure import Figure, FigureT
@@ -51,6 +52,12 @@ class Shapes:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def Area(
         self,
@@ -67,7 +74,11 @@ class Shapes:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = Figure.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_Figure)
+            else:
+                _check_root(body)
+            request = Figure.GetRootAs(body, 0)
             response = await self.Area(request, ctx)
             return _encode_Circle(response)
 
@@ -85,8 +96,11 @@ class ShapesClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def Area(
         self,
@@ -98,6 +112,8 @@ class ShapesClient:
         """``Area(Figure): corpus.common.Circle``."""
         payload = _encode_Figure(request)
         body = await self.client.call(Area_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_Circle)
         return Circle.GetRootAs(body, 0)
 
 
@@ -128,6 +144,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -168,3 +192,45 @@ def _encode_Circle(
     if isinstance(value, Circle):
         return _as_root(value._tab) or _repack(value, CircleT)
     raise _unexpected(value, CircleT)
+
+
+def verify_Circle(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Circle`` table."""
+    t = v.table(pos, "Circle")
+    t.scalar(4, "radius", 8)
+
+
+def verify_Point(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Point`` table."""
+    t = v.table(pos, "Point")
+    t.struct(4, "pos", 12, 4)
+    t.scalar(6, "color", 1)
+    t.strings(8, "tags")
+
+
+def verify_Square(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Square`` table."""
+    t = v.table(pos, "Square")
+    t.scalar(4, "side", 8)
+
+
+def verify_Figure(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.geo.deep.Figure`` table."""
+    t = v.table(pos, "Figure")
+    t.scalar(4, "id", 8)
+    t.string(6, "name", required=True)
+    t.union(10, "shape", _Shape_VERIFIERS)
+    t.tables(12, "points", verify_Point)
+    t.vector(14, "data", 1)
+    t.vector(16, "coords", 12)
+    t.vector(18, "colors", 1)
+    t.scalar(20, "flags", 4)
+    t.scalar(22, "opt", 4)
+    t.struct(24, "pair", 28, 4)
+    t.scalar(28, "on", 1)
+
+
+_Shape_VERIFIERS = {
+    1: verify_Circle,
+    2: verify_Square,
+}

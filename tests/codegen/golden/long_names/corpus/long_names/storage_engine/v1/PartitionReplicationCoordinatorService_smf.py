@@ -24,6 +24,7 @@ from smf.client import DEFAULT, Client, Default
 from smf.context import CallContext
 from smf.errors import BadRequest
 from smf.router import Handler, Payload
+from smf.verify import VerificationError, Verifier, VerifyFn
 
 from corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload import (
     ReplicateSegmentBatchRequestPayload,
@@ -75,6 +76,12 @@ class PartitionReplicationCoordinatorService:
 
     service_name: str = SERVICE_NAME
     method_names: Mapping[int, str] = METHOD_NAMES
+    verify: bool = True
+    """Verify each request before the method sees it; a malformed one answers 400."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        """``verify=False`` skips the request verifier: for trusted peers only."""
+        self.verify = verify
 
     async def ReplicateSegmentBatchToAllFollowers(
         self,
@@ -104,7 +111,11 @@ class PartitionReplicationCoordinatorService:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = ReplicateSegmentBatchRequestPayload.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_ReplicateSegmentBatchRequestPayload)
+            else:
+                _check_root(body)
+            request = ReplicateSegmentBatchRequestPayload.GetRootAs(body, 0)
             response = await self.ReplicateSegmentBatchToAllFollowers(request, ctx)
             return _encode_ReplicateSegmentBatchResponsePayload(response)
 
@@ -112,7 +123,11 @@ class PartitionReplicationCoordinatorService:
             ctx: CallContext,
             body: memoryview,
         ) -> Payload:
-            request = ReplicationStateInSync.GetRootAs(_check_root(body), 0)
+            if self.verify:
+                _verify(body, verify_ReplicationStateInSync)
+            else:
+                _check_root(body)
+            request = ReplicationStateInSync.GetRootAs(body, 0)
             response = await self.Ping(request, ctx)
             return _encode_ReplicationStateInSync(response)
 
@@ -133,8 +148,11 @@ class PartitionReplicationCoordinatorServiceClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+        """``verify_responses=True`` verifies each response before returning it (a malformed
+        one raises ``smf.verify.VerificationError``)."""
         self.client = client
+        self.verify_responses = verify_responses
 
     async def ReplicateSegmentBatchToAllFollowers(
         self,
@@ -158,6 +176,8 @@ class PartitionReplicationCoordinatorServiceClient:
             timeout=timeout,
             metadata=metadata,
         )
+        if self.verify_responses:
+            Verifier(body).root(verify_ReplicateSegmentBatchResponsePayload)
         return ReplicateSegmentBatchResponsePayload.GetRootAs(body, 0)
 
     async def Ping(
@@ -170,6 +190,8 @@ class PartitionReplicationCoordinatorServiceClient:
         """``Ping(ReplicationStateInSync): ReplicationStateInSync``."""
         payload = _encode_ReplicationStateInSync(request)
         body = await self.client.call(Ping_WIRE_ID, payload, timeout=timeout, metadata=metadata)
+        if self.verify_responses:
+            Verifier(body).root(verify_ReplicationStateInSync)
         return ReplicationStateInSync.GetRootAs(body, 0)
 
 
@@ -200,6 +222,14 @@ def _check_root(body: memoryview) -> memoryview:
     if body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
+
+
+def _verify(body: memoryview, verify: VerifyFn) -> None:
+    """Verify a request: a malformed one is a 400 naming the fault."""
+    try:
+        Verifier(body).root(verify)
+    except VerificationError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _repack(table: object, object_api: Any) -> memoryview:
@@ -252,3 +282,60 @@ def _encode_ReplicationStateInSync(
     if isinstance(value, ReplicationStateInSync):
         return _as_root(value._tab) or _repack(value, ReplicationStateInSyncT)
     raise _unexpected(value, ReplicationStateInSyncT)
+
+
+def verify_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
+    table.
+    """
+    t = v.table(pos, "ReplicateSegmentBatchRequestPayload")
+    t.scalar(4, "segment_batch_sequence_number_to_replicate", 8)
+    t.string(6, "optional_human_readable_reason_for_replication")
+
+
+def verify_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``
+    table.
+    """
+    t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
+    t.tables(
+        4,
+        "acknowledged_segment_batches_by_each_follower",
+        verify_ReplicateSegmentBatchRequestPayload,
+    )
+    t.union(
+        8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS
+    )
+
+
+def verify_ReplicationStateCatchingUp(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp`` table."""
+    t = v.table(pos, "ReplicationStateCatchingUp")
+    t.scalar(4, "behind_by_number_of_batches", 4)
+
+
+def verify_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader``
+    table.
+    """
+    v.table(pos, "ReplicationStateFencedByANewerLeader")
+
+
+def verify_ReplicationStateInSync(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateInSync`` table."""
+    v.table(pos, "ReplicationStateInSync")
+
+
+def verify_ReplicationStateRecoveringFromSnapshot(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot``
+    table.
+    """
+    v.table(pos, "ReplicationStateRecoveringFromSnapshot")
+
+
+_ReplicationStateOfThePartition_VERIFIERS = {
+    1: verify_ReplicationStateInSync,
+    2: verify_ReplicationStateCatchingUp,
+    3: verify_ReplicationStateRecoveringFromSnapshot,
+    4: verify_ReplicationStateFencedByANewerLeader,
+}
