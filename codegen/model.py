@@ -86,8 +86,22 @@ def split_name(qualified: str) -> tuple[tuple[str, ...], str]:
     return tuple(namespace), name
 
 
+class Qualified:
+    """Something named by a dotted, fully qualified ``name`` (``a.b.C``)."""
+
+    name: str
+
+    @property
+    def namespace(self) -> tuple[str, ...]:
+        return split_name(self.name)[0]
+
+    @property
+    def short_name(self) -> str:
+        return split_name(self.name)[1]
+
+
 @dataclass
-class Object:
+class Object(Qualified):
     """A table or a struct."""
 
     name: str
@@ -98,14 +112,6 @@ class Object:
     attributes: dict[str, str] = field(default_factory=dict)
     documentation: tuple[str, ...] = ()
     declaration_file: str = ""
-
-    @property
-    def namespace(self) -> tuple[str, ...]:
-        return split_name(self.name)[0]
-
-    @property
-    def short_name(self) -> str:
-        return split_name(self.name)[1]
 
     @property
     def cpp_name(self) -> str:
@@ -122,7 +128,7 @@ class EnumVal:
 
 
 @dataclass
-class Enum:
+class Enum(Qualified):
     """An enum or a union (``is_union``)."""
 
     name: str
@@ -132,14 +138,6 @@ class Enum:
     attributes: dict[str, str] = field(default_factory=dict)
     documentation: tuple[str, ...] = ()
     declaration_file: str = ""
-
-    @property
-    def namespace(self) -> tuple[str, ...]:
-        return split_name(self.name)[0]
-
-    @property
-    def short_name(self) -> str:
-        return split_name(self.name)[1]
 
 
 def crc32(text: str) -> int:
@@ -166,20 +164,12 @@ class Method:
 
 
 @dataclass
-class Service:
+class Service(Qualified):
     name: str
     methods: list[Method]
     attributes: dict[str, str] = field(default_factory=dict)
     documentation: tuple[str, ...] = ()
     declaration_file: str = ""
-
-    @property
-    def namespace(self) -> tuple[str, ...]:
-        return split_name(self.name)[0]
-
-    @property
-    def short_name(self) -> str:
-        return split_name(self.name)[1]
 
     @property
     def service_id(self) -> int:
