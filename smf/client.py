@@ -27,7 +27,7 @@ from .errors import (
 )
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
-from .router import Payload
+from .router import Payload, payload_size
 from .transport import FramedConnection
 from .wire import (
     FLAG_PAYLOAD_HEADERS,
@@ -523,14 +523,14 @@ class Client:
                             0,
                             FLAG_PAYLOAD_HEADERS,
                             session,
-                            len(prefix) + _size(payload),
+                            len(prefix) + payload_size(payload),
                             checksum_parts(prefix, payload),
                             wire_id,
                         ),
                         (prefix, payload),
                     )
                 else:
-                    size = _size(payload)
+                    size = payload_size(payload)
                     header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
                     conn.send(header, payload)
                 self.stats.calls += 1
@@ -550,7 +550,7 @@ class Client:
                 conn.deadlines.prune()
             sessions.release(session, future)
         self.methods.get_or_add(wire_id).record(
-            status, time.perf_counter_ns() - started, _size(payload), body.nbytes
+            status, time.perf_counter_ns() - started, payload_size(payload), body.nbytes
         )
         if status == 200:
             return body
@@ -573,7 +573,7 @@ class Client:
                 message.compression,
                 message.flags,
                 session,
-                _size(message.body),
+                payload_size(message.body),
                 checksum(message.body),
                 message.meta,
             ),
@@ -646,10 +646,6 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _size(body: Payload) -> int:
-    return body.nbytes if isinstance(body, memoryview) else len(body)
 
 
 def _call_headers(

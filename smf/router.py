@@ -10,6 +10,12 @@ from .context import CallContext
 Payload = bytes | bytearray | memoryview
 """A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
 
+
+def payload_size(body: Payload) -> int:
+    """Bytes in ``body`` (``len`` of a memoryview counts items, not bytes)."""
+    return body.nbytes if isinstance(body, memoryview) else len(body)
+
+
 Handler = Callable[[CallContext, memoryview], Awaitable[Payload]]
 """``await handler(ctx, request_body) -> response_body``. Raise ``smf.RpcError`` (or a
 subclass) to answer with its status; ``NotImplementedError`` answers 501; any other

@@ -19,7 +19,7 @@ from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
-from .router import Handler, Payload, Service, ServiceRouter
+from .router import Handler, Payload, Service, ServiceRouter, payload_size
 from .transport import FramedConnection
 from .wire import (
     HEADER,
@@ -216,7 +216,7 @@ class ServerConnection(FramedConnection):
     def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> None:
         stats = self.server.stats
         stats.responses[status] = stats.responses.get(status, 0) + 1
-        size = len(body) if not isinstance(body, memoryview) else body.nbytes
+        size = payload_size(body)
         stats.bytes_out += HEADER_SIZE + size
         self.send(HEADER.pack(compression, 0, session, size, checksum(body), status), body)
 
@@ -286,11 +286,7 @@ class ServerConnection(FramedConnection):
                     dropped = True
                     return
                 compression, flags = message.compression, message.flags
-                body = (
-                    message.body
-                    if isinstance(message.body, memoryview)
-                    else memoryview(message.body)
-                )
+                body = memoryview(message.body)  # a new view of the same bytes: no copy
             if compression > Compression.DISABLED:
                 name = Compression(compression).name.lower()
                 raise Unsupported(f"no filter for {name} compression")
@@ -308,7 +304,7 @@ class ServerConnection(FramedConnection):
                 raise TypeError(
                     f"handler returned {type(result).__name__}, not bytes, bytearray or memoryview"
                 )
-            if not (len(result) if not isinstance(result, memoryview) else result.nbytes):
+            if not payload_size(result):
                 status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
         except RpcError as exc:
             status, result = exc.status, _error_body(exc.status, exc.message)
@@ -324,7 +320,8 @@ class ServerConnection(FramedConnection):
             status = Status.INTERNAL_ERROR
             result = _error_body(status, f"{type(exc).__name__}: {exc}")
         finally:
-            task = asyncio.current_task()
+            # With the loop given, current_task() skips get_running_loop()'s getpid().
+            task = asyncio.current_task(self.loop)
             self.in_flight.discard(task)
             server.tasks.discard(task)
             if dropped:
@@ -341,7 +338,7 @@ class ServerConnection(FramedConnection):
         self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
     ) -> None:
         self.reply(ctx.session, status, result)
-        size = len(result) if not isinstance(result, memoryview) else result.nbytes
+        size = payload_size(result)
         self.server.methods.get(ctx.wire_id).record(
             status, time.perf_counter_ns() - started_ns, size_in, size
         )
@@ -364,7 +361,7 @@ class ServerConnection(FramedConnection):
             return  # dropped by a filter
         self.reply(ctx.session, message.meta, message.body, message.compression)
         self.server.methods.get(ctx.wire_id).record(
-            message.meta, time.perf_counter_ns() - started_ns, size_in, _payload_size(message.body)
+            message.meta, time.perf_counter_ns() - started_ns, size_in, payload_size(message.body)
         )
 
     async def _invoke(self, handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
@@ -395,10 +392,6 @@ class ServerConnection(FramedConnection):
     @property
     def is_server(self) -> bool:
         return True
-
-
-def _payload_size(body: Payload) -> int:
-    return body.nbytes if isinstance(body, memoryview) else len(body)
 
 
 def _deadline(timeout_us: str) -> float:

@@ -89,7 +89,7 @@ def encode_header(
     flags: int = 0,
 ) -> bytes:
     """The 16-byte header for ``body``; send it followed by ``body`` itself (no join needed)."""
-    size = len(body) if not isinstance(body, memoryview) else body.nbytes
+    size = body.nbytes if isinstance(body, memoryview) else len(body)
     if size == 0:
         raise BadSize(0)
     if size > MAX_BODY_SIZE:

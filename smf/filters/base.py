@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..router import Payload
+from ..router import Payload, payload_size
 
 
 class Message:
@@ -27,7 +27,7 @@ class Message:
         self.body = body
 
     def __repr__(self) -> str:
-        size = self.body.nbytes if isinstance(self.body, memoryview) else len(self.body)
+        size = payload_size(self.body)
         return (
             f"Message(session={self.session}, meta={self.meta}, size={size}, "
             f"compression={self.compression}, flags={self.flags})"

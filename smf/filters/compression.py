@@ -13,15 +13,11 @@ import lz4.block
 import zstandard
 
 from ..errors import BadRequest, PayloadTooLarge
-from ..router import Payload
+from ..router import Payload, payload_size
 from ..wire import Compression
 from .base import Filter, FilterSide, Message
 
 _U32 = struct.Struct("<I")
-
-
-def _size(body: Payload) -> int:
-    return body.nbytes if isinstance(body, memoryview) else len(body)
 
 
 def compress(algorithm: Compression, body: Payload, level: int | None = None) -> bytes:
@@ -29,7 +25,7 @@ def compress(algorithm: Compression, body: Payload, level: int | None = None) ->
         return zstandard.ZstdCompressor(level=3 if level is None else level).compress(body)
     if algorithm == Compression.LZ4:
         raw: bytes = lz4.block.compress(bytes(body), store_size=False)
-        return _U32.pack(_size(body)) + raw
+        return _U32.pack(payload_size(body)) + raw
     raise ValueError(f"{algorithm!r} is not a compression algorithm")
 
 
@@ -53,7 +49,7 @@ def decompress(algorithm: int, body: Payload, max_size: int) -> bytes:
             raise BadRequest(f"zstd body is {len(out)} bytes, its frame says {declared}")
         return out
     if algorithm == Compression.LZ4:
-        if _size(body) < 4:
+        if payload_size(body) < 4:
             raise BadRequest("lz4 body is shorter than its 4-byte length prefix")
         declared = _U32.unpack_from(body, 0)[0]
         if declared > max_size:
@@ -95,9 +91,9 @@ class CompressionFilter(Filter):
         return message
 
     async def outgoing(self, message: Message, side: FilterSide) -> Message | None:
-        if message.compression == Compression.NONE and _size(message.body) >= self.min_size:
+        if message.compression == Compression.NONE and payload_size(message.body) >= self.min_size:
             packed = compress(self.algorithm, message.body, self.level)
-            if len(packed) < _size(message.body):
+            if len(packed) < payload_size(message.body):
                 message.body = packed
                 message.compression = self.algorithm
         return message
