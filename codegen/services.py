@@ -27,8 +27,6 @@ _MODULE_NAMES = frozenset(
     {
         # imports
         "annotations",
-        "Any",
-        "BadRequest",
         "CallContext",
         "Client",
         "DEFAULT",
@@ -36,26 +34,16 @@ _MODULE_NAMES = frozenset(
         "Handler",
         "Mapping",
         "Payload",
-        "Protocol",
+        "check_request",
+        "encode",
         "Default",
-        "VerificationError",
         "Verifier",
-        "VerifyFn",
-        "flatbuffers",
         # constants and helpers
         "METHOD_NAMES",
         "SERVICE_FQN",
         "SERVICE_ID",
         "SERVICE_NAME",
-        "_BUILDER_SIZE",
-        "_Packable",
-        "_as_root",
-        "_check_root",
-        "_pack",
-        "_repack",
-        "_unexpected",
         "_unimplemented",
-        "_verify",
     }
 )
 

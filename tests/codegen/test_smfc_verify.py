@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from smfc_testlib import DATA, IDL, SCHEMAS, flatc_binary, imported_from, run_smfc
 
 import smf
+import smf.stubs as smf_stubs
 from smf.verify import VerificationError, Verifier, verify_buffer
 
 pytest_plugins = ["smfc_testlib"]  # its fixtures: smfc_corpus, flatc_exe
@@ -559,17 +560,17 @@ def test_servers_take_the_class_defaults_of_the_limits(
 ) -> None:
     stub = gen("Thing_smf")
     body = memoryview(_dag(gen, 40))
-    stub._verify(memoryview(_dag(gen, 10)), stub.verify_Thing)  # 1 + 1 + 10 * 12 tables
+    smf_stubs.check_request(memoryview(_dag(gen, 10)), stub.verify_Thing)  # 1 + 1 + 10 * 12 tables
     monkeypatch.setattr(Verifier, "default_max_tables", 100)
     with pytest.raises(
         smf.BadRequest, match=r"^400: Thing\.peer\.things\[\d+\]\.peer\.things: more than 100"
     ):
-        stub._verify(body, stub.verify_Thing)
+        smf_stubs.check_request(body, stub.verify_Thing)
     monkeypatch.setattr(Verifier, "default_max_depth", 2)
     with pytest.raises(
         smf.BadRequest, match=r"^400: Thing\.peer\.things: tables nested deeper than 2"
     ):
-        stub._verify(body, stub.verify_Thing)
+        smf_stubs.check_request(body, stub.verify_Thing)
 
 
 def test_verification_work_is_bounded_by_the_buffer_size(gen: Load) -> None:
