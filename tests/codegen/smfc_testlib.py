@@ -30,7 +30,11 @@ GOLDEN = HERE / "golden"
 DATA = SCHEMAS / "data"
 IDL = REPO / "idl"
 
-# name -> (schemas, include dirs): each is one smfc run with a golden copy of its output.
+# The shipped demo stubs are the demo case's golden copy (one copy, not two).
+GOLDEN_DIRS: dict[str, Path] = {"demo": REPO / "examples" / "demo" / "generated"}
+
+# name -> (schemas, include dirs): each is one smfc run with a golden copy of its output
+# in GOLDEN_DIRS[name], else GOLDEN / name.
 CASES: dict[str, tuple[list[Path], list[Path]]] = {
     "demo": ([IDL / "demo.fbs"], []),
     "rpc": ([IDL / "rpc.fbs"], []),

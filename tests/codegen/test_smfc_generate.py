@@ -14,6 +14,7 @@ from smfc_testlib import (
     CASES,
     CORPUS_SCHEMAS,
     GOLDEN,
+    GOLDEN_DIRS,
     IDL,
     SCHEMAS,
     copy_tree,
@@ -97,7 +98,7 @@ def _flatc_independent(path: str) -> bool:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str, tmp_path: Path, flatc_exe: str) -> None:
     out = generate_case(case, tmp_path / "out")
-    golden = GOLDEN / case
+    golden = GOLDEN_DIRS.get(case, GOLDEN / case)
     version_file = GOLDEN / "FLATC_VERSION"
     if UPDATE_GOLDEN:
         copy_tree(out, golden)
