@@ -36,13 +36,13 @@ class ServiceRouter:
     """The server's wire id → (handler, "Service.Method") table."""
 
     def __init__(self) -> None:
-        self._handlers: dict[int, Handler] = {}
+        self.handlers: dict[int, Handler] = {}  # read directly on the request path
         self._owners: dict[int, str] = {}
 
     def add_service(self, service: Service) -> None:
         handlers = service.method_handlers()
         for wire_id in handlers:
-            if wire_id in self._handlers:
+            if wire_id in self.handlers:
                 raise ValueError(
                     f"wire id {wire_id} of service {service.service_name!r} is already "
                     f"served by {self._owners[wire_id]!r}"
@@ -50,14 +50,14 @@ class ServiceRouter:
         # Generated services name their methods; otherwise the handler's name is used.
         names: Mapping[int, str] = getattr(service, "method_names", {})
         for wire_id, handler in handlers.items():
-            self._handlers[wire_id] = handler
+            self.handlers[wire_id] = handler
             method = getattr(handler, "__name__", str(wire_id))
             self._owners[wire_id] = names.get(wire_id, f"{service.service_name}.{method}")
 
     def add_handler(self, wire_id: int, handler: Handler, owner: str = "?") -> None:
-        if wire_id in self._handlers:
+        if wire_id in self.handlers:
             raise ValueError(f"wire id {wire_id} is already served by {self._owners[wire_id]!r}")
-        self._handlers[wire_id] = handler
+        self.handlers[wire_id] = handler
         self._owners[wire_id] = owner
 
     def names(self) -> dict[int, str]:
@@ -65,7 +65,7 @@ class ServiceRouter:
         return dict(self._owners)
 
     def get(self, wire_id: int) -> Handler | None:
-        return self._handlers.get(wire_id)
+        return self.handlers.get(wire_id)
 
     def wire_ids(self) -> Iterable[int]:
-        return self._handlers.keys()
+        return self.handlers.keys()

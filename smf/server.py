@@ -9,13 +9,18 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from ssl import SSLContext
+from time import perf_counter_ns
 from types import TracebackType
+
+import xxhash
 
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
+from .eager import TaskHandle, start_eager, task_of
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
@@ -29,10 +34,11 @@ from .wire import (
     Frame,
     FrameDecoder,
     Status,
-    checksum,
 )
 
 log = logging.getLogger("smf.server")
+
+_xxh64 = xxhash.xxh64_intdigest  # the header checksum is this & 0xFFFFFFFF (wire.checksum)
 
 # Bytes charged to the server-wide budget per request beyond its frame: the task,
 # context and future that carry it (measured ~1 KiB with tracemalloc, rounded).
@@ -107,7 +113,7 @@ class ServerConnection(FramedConnection):
             server.body_timeout,
         )
         self.server = server
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.in_flight: set[TaskHandle] = set()
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
@@ -147,26 +153,43 @@ class ServerConnection(FramedConnection):
         for task in self.in_flight:
             task.cancel()
 
-    def can_pull(self) -> bool:
+    def _take_events(self) -> bool:
+        # FramedConnection's loop with the server's backpressure checks inlined (this
+        # runs per request): stop pulling while the peer does not read its answers,
+        # while too many of its requests are in flight, or while the server-wide byte
+        # budget is spent (a connection with nothing in flight may still take one
+        # request, so one peer that spent the budget cannot starve the others).
+        decoder = self.decoder
         server = self.server
-        if self._write_paused:
-            # The peer is not reading its answers: stop reading its questions.
-            server.stats.reads_paused += 1
-            return False
-        if len(self.in_flight) >= server.max_in_flight_per_connection:
-            server.stats.reads_paused += 1
-            return False
-        if server.budget.exhausted and self.in_flight:
-            # A connection with nothing in flight may still take one request, so one
-            # peer that spent the budget cannot starve the others.
-            server.stats.reads_paused += 1
-            server.budget.wait(self)
-            return False
-        return True
+        budget = server.budget
+        in_flight = self.in_flight
+        limit = server.max_in_flight_per_connection
+        while not self.closed:
+            if (
+                self._write_paused
+                or len(in_flight) >= limit
+                or (budget.used >= budget.limit and in_flight)
+            ):
+                server.stats.reads_paused += 1
+                if not self._write_paused and len(in_flight) < limit:
+                    budget.wait(self)
+                self._pause_reading()
+                return False
+            try:
+                event = decoder.next_event()
+            except FrameError as error:
+                self.frame_error(error)
+                return False
+            if event is None:
+                return True
+            self._events_seen += 1
+            self.event_received(event)
+        return False
 
-    def _pull(self) -> None:
-        super()._pull()
-        if not self.closed:
+    def _after_pull(self) -> None:
+        if not self.closed and (
+            self._partial_charge or self.decoder.allocated > self.server.buffer_size
+        ):
             self._charge_partial()
 
     def _charge_partial(self) -> None:
@@ -213,12 +236,22 @@ class ServerConnection(FramedConnection):
         )
         self.abort()
 
-    def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> None:
+    def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
+        """Queue the answer to ``session``; returns the body's size."""
         stats = self.server.stats
-        stats.responses[status] = stats.responses.get(status, 0) + 1
-        size = payload_size(body)
+        responses = stats.responses
+        responses[status] = responses.get(status, 0) + 1
+        size = body.nbytes if isinstance(body, memoryview) else len(body)
         stats.bytes_out += HEADER_SIZE + size
-        self.send(HEADER.pack(compression, 0, session, size, checksum(body), status), body)
+        if not self.closed:
+            out = self._out
+            out.append(
+                HEADER.pack(compression, 0, session, size, _xxh64(body) & 0xFFFFFFFF, status)
+            )
+            out.append(body)
+            if self._flush_handle is None and not self._pulling:
+                self._flush_handle = self.loop.call_soon(self._flush)
+        return size
 
     def event_received(self, event: Event) -> None:
         server = self.server
@@ -238,8 +271,9 @@ class ServerConnection(FramedConnection):
             )
             return
         frame = event
-        stats.bytes_in += HEADER_SIZE + frame.body.nbytes
-        handler = server.router.get(frame.meta)
+        size = frame.body.nbytes
+        stats.bytes_in += HEADER_SIZE + size
+        handler = server.router.handlers.get(frame.meta)
         if handler is None:
             stats.no_route += 1
             self._refuse(frame, Status.NOT_FOUND, f"no method with wire id {frame.meta}")
@@ -256,11 +290,18 @@ class ServerConnection(FramedConnection):
                 "(max_concurrent_handlers)",
             )
             return
-        cost = HEADER_SIZE + frame.body.nbytes + REQUEST_OVERHEAD
-        server.budget.charge(cost)
-        task = self.loop.create_task(self._serve(handler, frame, cost, time.perf_counter_ns()))
-        self.in_flight.add(task)
-        server.tasks.add(task)
+        cost = HEADER_SIZE + size + REQUEST_OVERHEAD
+        budget = server.budget
+        budget.used += cost  # ByteBudget.charge, inlined
+        if budget.used > budget.peak:
+            budget.peak = budget.used
+        # The handler runs now, inside this read; it gets a task only if it waits.
+        task = start_eager(
+            self.loop, self._serve(handler, frame, cost, perf_counter_ns()), copy_context()
+        )
+        if task is not None:
+            self.in_flight.add(task)
+            server.tasks.add(task)
 
     def _refuse(self, frame: Frame, status: int, message: str) -> None:
         self.server.methods.get(frame.meta).record(status, 0, frame.body.nbytes, 0)
@@ -295,16 +336,20 @@ class ServerConnection(FramedConnection):
                 timeout_us = ctx.metadata.get(TIMEOUT_HEADER)
                 if timeout_us is not None:
                     ctx.deadline = _deadline(timeout_us)
-            current_call.set(ctx)  # this task's own context: no reset needed
+            current_call.set(ctx)  # this call's own context: no reset needed
             if ctx.deadline is None and not _tracing.active():
                 result: Payload = await handler(ctx, body)
             else:
                 result = await self._invoke(handler, ctx, body)
-            if not isinstance(result, bytes | bytearray | memoryview):
+            if isinstance(result, memoryview):
+                size = result.nbytes
+            elif isinstance(result, bytes | bytearray):
+                size = len(result)
+            else:
                 raise TypeError(
                     f"handler returned {type(result).__name__}, not bytes, bytearray or memoryview"
                 )
-            if not payload_size(result):
+            if not size:
                 status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
         except RpcError as exc:
             status, result = exc.status, _error_body(exc.status, exc.message)
@@ -320,28 +365,23 @@ class ServerConnection(FramedConnection):
             status = Status.INTERNAL_ERROR
             result = _error_body(status, f"{type(exc).__name__}: {exc}")
         finally:
-            # With the loop given, current_task() skips get_running_loop()'s getpid().
-            task = asyncio.current_task(self.loop)
-            self.in_flight.discard(task)
-            server.tasks.discard(task)
+            if self.in_flight:  # it waited, so it has a task (the current one)
+                # With the loop given, current_task() skips get_running_loop()'s getpid().
+                task = asyncio.current_task(self.loop)
+                self.in_flight.discard(task)
+                server.tasks.discard(task)
             if dropped:
                 self._finish(frame.body, cost)
         try:
             if server.filters:
                 await self._respond_filtered(ctx, status, result, frame.body.nbytes, started_ns)
             else:
-                self._respond(ctx, status, result, frame.body.nbytes, started_ns)
+                size_out = self.reply(ctx.session, status, result)
+                server.methods.get(ctx.wire_id).record(
+                    status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
+                )
         finally:
             self._finish(frame.body, cost)
-
-    def _respond(
-        self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
-    ) -> None:
-        self.reply(ctx.session, status, result)
-        size = payload_size(result)
-        self.server.methods.get(ctx.wire_id).record(
-            status, time.perf_counter_ns() - started_ns, size_in, size
-        )
 
     async def _respond_filtered(
         self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
@@ -378,14 +418,18 @@ class ServerConnection(FramedConnection):
         # Released once the reply is handed to the transport (it may be the request
         # itself, as in an echo): a handler that kept the request past its return
         # then fails loudly instead of reading reused memory.
-        self.release_after_flush(body)
+        if self.closed:
+            self.release_after_flush(body)
+        else:
+            self._release.append(body)  # release_after_flush, inlined
         self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
-        if not self.in_flight:
+        if not self._pulling and not self.in_flight:
             # No other handler of this connection is running, so nothing else will join
             # this write in the current iteration: send now rather than one loop turn
-            # later. With handlers still running, replies gather for one writev.
+            # later. With handlers still running, replies gather for one writev; inside
+            # a read, the replies to all it held leave when it is processed.
             self.flush_now()
 
     # FilterSide
@@ -474,7 +518,7 @@ class Server:
         self.buffer_size = buffer_size
         self.stats = ServerStats()
         self.connections: set[ServerConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[TaskHandle] = set()
         self.closing = False
         self._listeners: list[asyncio.AbstractServer] = []
         for service in services:
@@ -611,11 +655,11 @@ class Server:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            await asyncio.wait(list(self.tasks), timeout=left)
+            await asyncio.wait(self._running_tasks(), timeout=left)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=1.0)
+            await asyncio.wait(self._running_tasks(), timeout=1.0)
         await asyncio.sleep(0)  # let the last replies' flush run
         for conn in list(self.connections):
             conn.close()
@@ -628,6 +672,10 @@ class Server:
             if not self.connections:
                 break
             await asyncio.sleep(0.01)
+
+    def _running_tasks(self) -> list[asyncio.Task[None]]:
+        """The asyncio tasks of handlers still running (they all waited at least once)."""
+        return [t for t in map(task_of, self.tasks) if t is not None]
 
     async def __aenter__(self) -> Server:
         return self

@@ -22,10 +22,10 @@ from .wire import Event, FrameDecoder
 class FramedConnection(asyncio.BufferedProtocol):
     """Base protocol: decoding, write coalescing, stall detection and read pausing.
 
-    Subclasses implement ``event_received`` (one frame or oversized header),
-    ``frame_error`` (the peer broke the protocol) and may override ``can_pull`` to
-    apply backpressure: while it returns False, no further events are pulled and the
-    socket is not read; call ``resume_pulling`` when it may turn True again.
+    Subclasses implement ``event_received`` (one frame or oversized header) and
+    ``frame_error`` (the peer broke the protocol). One that applies backpressure
+    overrides ``_take_events`` to stop pulling (and ``_pause_reading``) while it must,
+    then calls ``resume_pulling`` when it may go on.
     """
 
     def __init__(self, decoder: FrameDecoder, body_timeout: float | None) -> None:
@@ -43,7 +43,11 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._stall_handle: asyncio.TimerHandle | None = None
         self._events_seen = 0  # frames completed; the stall timer watches it move
+        self._pulling = False  # inside _pull: what is sent leaves when it ends
         self.last_read = time.monotonic()
+        # Straight to the decoder: uvloop looks this up once per connection, and the
+        # wrapper cost a Python call per read.
+        self.get_buffer = decoder.get_buffer  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -59,7 +63,7 @@ class FramedConnection(asyncio.BufferedProtocol):
             sock = transport.get_extra_info("sockname")
             self.peer = f"unix:{sock}" if sock else "unix"
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance, see __init__
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -103,9 +107,6 @@ class FramedConnection(asyncio.BufferedProtocol):
     def frame_error(self, error: FrameError) -> None:
         raise NotImplementedError
 
-    def can_pull(self) -> bool:
-        return True
-
     def stalled(self) -> None:
         """The peer began a frame and did not finish it within ``body_timeout``."""
         self.close()
@@ -118,28 +119,49 @@ class FramedConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ reading
 
     def _pull(self) -> None:
+        # Frames taken in one pull are often answered within it (handlers that finish
+        # without waiting): their replies leave together, in one write at the end.
+        if self._pulling:
+            return  # re-entered (a reply resumed pulling): the outer loop carries on
+        self._pulling = True
+        try:
+            if self._take_events() and not self.closed:
+                if self._reading_paused:
+                    self._reading_paused = False
+                    assert self.transport is not None
+                    self.transport.resume_reading()
+                if (
+                    self.body_timeout is not None
+                    and self._stall_handle is None
+                    and self.decoder.mid_frame
+                ):
+                    self._stall_handle = self.loop.call_later(
+                        self.body_timeout, self._check_stall, self._events_seen
+                    )
+            self._after_pull()
+        finally:
+            self._pulling = False
+            if self._out:
+                self.flush_now()
+
+    def _take_events(self) -> bool:
+        """Hand every complete event to ``event_received``; True when the decoder ran
+        dry, False when the stream broke or the connection closed."""
         decoder = self.decoder
         while not self.closed:
-            if not self.can_pull():
-                self._pause_reading()
-                return
             try:
                 event = decoder.next_event()
             except FrameError as error:
                 self.frame_error(error)
-                return
+                return False
             if event is None:
-                break
+                return True
             self._events_seen += 1
             self.event_received(event)
-        if self._reading_paused and not self.closed:
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
-        if decoder.mid_frame and self.body_timeout is not None and self._stall_handle is None:
-            self._stall_handle = self.loop.call_later(
-                self.body_timeout, self._check_stall, self._events_seen
-            )
+        return False
+
+    def _after_pull(self) -> None:
+        """Called after every pull (subclasses account for what stays buffered)."""
 
     def resume_pulling(self) -> None:
         """Backpressure lifted: pull what is buffered and read the socket again."""
@@ -175,7 +197,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         out = self._out
         out.append(header)
         out.append(body)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._pulling:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def send_parts(self, header: bytes, parts: tuple[Payload, ...]) -> None:
@@ -184,13 +206,14 @@ class FramedConnection(asyncio.BufferedProtocol):
             return
         self._out.append(header)
         self._out.extend(parts)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._pulling:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def flush_now(self) -> None:
         """Write what is queued now instead of at the next loop iteration."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+        if self._out or self._release:
             self._flush()
 
     def _flush(self) -> None:
@@ -198,8 +221,9 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self.closed or self.transport is None:
             return
         out = self._out
-        self._out = []
-        self.transport.writelines(out)
+        if out:
+            self._out = []
+            self.transport.writelines(out)
         if self._release:
             self._release_views()
 

@@ -202,7 +202,10 @@ class FrameDecoder:
             self._into_scratch = True
             return memoryview(self._scratch)[: min(self._skip, len(self._scratch))]
         self._into_scratch = False
-        free = len(self._buf) - self._end
+        end = self._end
+        free = len(self._buf) - end
+        if self._start == end and free >= self.buffer_size // 8:
+            return self._view[end:]  # between frames with room to spare: the usual case
         need, in_body = self._bytes_needed()
         # Mid-body, room is made only if the rest of the frame does not fit (moving a
         # large partial body would copy it); between frames, keep reads from shrinking.
