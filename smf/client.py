@@ -7,12 +7,14 @@ import collections
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
+from time import perf_counter_ns
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
+
+import xxhash
 
 from . import headers
 from . import tracing as _tracing
@@ -42,6 +44,9 @@ from .wire import (
 )
 
 log = logging.getLogger("smf.client")
+
+_xxh64 = xxhash.xxh64_intdigest  # the header checksum is this & 0xFFFFFFFF (wire.checksum)
+_DISABLED: Final = int(Compression.DISABLED)
 
 
 class Default:
@@ -202,9 +207,8 @@ class DeadlineQueue:
         queue = self._queue
         while queue and queue[0][1].done():
             queue.popleft()
-        if not queue and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The timer stays armed when the queue empties: sequential calls would otherwise
+        # start and cancel one per call. Firing on an empty queue costs one wakeup.
 
     def _fire(self) -> None:
         self._timer = None
@@ -239,7 +243,7 @@ class ClientConnection(FramedConnection):
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def event_received(self, event: Event) -> None:
-        future = self.sessions.pop(event.session)
+        future = self.sessions.pending.pop(event.session, None)
         if future is None or future.done():
             self.client.stats.late_replies += 1
             if isinstance(event, Frame):
@@ -450,16 +454,16 @@ class Client:
 
     # ------------------------------------------------------------------ calling
 
-    async def call(
+    def call(
         self,
         wire_id: int,
         payload: Payload,
         *,
         timeout: float | Default | None = DEFAULT,
         metadata: Mapping[str, str] | None = None,
-    ) -> memoryview:
+    ) -> Coroutine[Any, Any, memoryview]:
         """Send one request and return the response body (a view over this client's
-        receive buffer, valid while you hold it).
+        receive buffer, valid while you hold it). Await it (``await client.call(...)``).
 
         ``timeout`` (seconds) defaults to the client's; inside a handler, the call also
         inherits what is left of the handler's deadline. An explicit or inherited
@@ -470,11 +474,21 @@ class Client:
         Non-200 statuses raise ``RpcError`` subclasses; connection loss raises
         ``ConnectionLost``; the timeout raises ``DeadlineExceeded``.
         """
+        # A plain function returning the coroutine: one coroutine layer less per call.
         if _tracing.active():
-            carrier = dict(metadata) if metadata else {}
-            with _tracing.client_span(self.methods.get_or_add(wire_id).name, carrier):
-                return await self._call(wire_id, payload, timeout, carrier)
-        return await self._call(wire_id, payload, timeout, metadata)
+            return self._traced_call(wire_id, payload, timeout, metadata)
+        return self._call(wire_id, payload, timeout, metadata)
+
+    async def _traced_call(
+        self,
+        wire_id: int,
+        payload: Payload,
+        timeout: float | Default | None,
+        metadata: Mapping[str, str] | None,
+    ) -> memoryview:
+        carrier = dict(metadata) if metadata else {}
+        with _tracing.client_span(self.methods.get_or_add(wire_id).name, carrier):
+            return await self._call(wire_id, payload, timeout, carrier)
 
     async def _call(
         self,
@@ -483,34 +497,47 @@ class Client:
         timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
     ) -> memoryview:
-        explicit = not isinstance(timeout, Default)
-        t: float | None = timeout if not isinstance(timeout, Default) else self.timeout
+        if isinstance(timeout, Default):
+            explicit = False
+            t = self.timeout
+        else:
+            explicit = True
+            t = timeout
         parent = current_call.get()
         prefix = b""
         if parent is not None or metadata or (explicit and t is not None):
             t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
-        started = time.perf_counter_ns()
+        started = perf_counter_ns()
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._ready_connection(t)
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
-        session = sessions.try_allocate(future)
-        session_free = session != 0
-        if not session:
-            session = await self._wait_for_session(sessions, future, t)
-        if conn.closed:
-            sessions.release(session, future)
-            raise ConnectionLost(f"connection to {self.address} lost")
+        # SessionTable.try_allocate's common case, inlined: the next id is free.
+        pending = sessions.pending
+        session = sessions._next
+        if session not in pending and len(pending) < sessions.capacity:
+            sessions._next = session + 1 if session < sessions.capacity else 1
+            pending[session] = future
+            session_free = True
+        else:
+            session = sessions.try_allocate(future)
+            session_free = session != 0
+            if not session:
+                session = await self._wait_for_session(sessions, future, t)
+            if conn.closed:
+                sessions.release(session, future)
+                raise ConnectionLost(f"connection to {self.address} lost")
         timer = None
         if t is not None:
-            if t == self.timeout and not explicit and session_free:
+            if session_free and not explicit and t == self.timeout:
                 conn.deadlines.add(future, t)  # the common case: one shared timer
             else:
                 # What is left once the connection and a session were had.
-                t = max(t - (time.perf_counter_ns() - started) / 1e9, 0.0)
+                t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
                 timer = loop.call_later(t, _expire, future, t)
+        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         try:
             if self.filters:
                 status, body = await self._exchange_filtered(
@@ -523,20 +550,21 @@ class Client:
                             0,
                             FLAG_PAYLOAD_HEADERS,
                             session,
-                            len(prefix) + payload_size(payload),
+                            len(prefix) + size,
                             checksum_parts(prefix, payload),
                             wire_id,
                         ),
                         (prefix, payload),
                     )
                 else:
-                    size = payload_size(payload)
-                    header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
-                    conn.send(header, payload)
+                    conn.send(
+                        HEADER.pack(0, 0, session, size, _xxh64(payload) & 0xFFFFFFFF, wire_id),
+                        payload,
+                    )
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body
-                if frame.compression > Compression.DISABLED or frame.flags:
+                if frame.compression > _DISABLED or frame.flags:
                     status, body = _unwrap(
                         Message(frame.compression, frame.flags, frame.session, status, body)
                     )
@@ -548,10 +576,12 @@ class Client:
                 timer.cancel()
             else:
                 conn.deadlines.prune()
-            sessions.release(session, future)
-        self.methods.get_or_add(wire_id).record(
-            status, time.perf_counter_ns() - started, payload_size(payload), body.nbytes
-        )
+            if pending.get(session) is future:  # SessionTable.release, inlined
+                del pending[session]
+            if sessions._waiters:
+                sessions._wake_one()
+        row = self.methods.methods.get(wire_id) or self.methods.get_or_add(wire_id)
+        row.record(status, perf_counter_ns() - started, size, body.nbytes)
         if status == 200:
             return body
         message = bytes(body).decode("utf-8", "replace")
