@@ -117,6 +117,7 @@ class ServerConnection(FramedConnection):
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
+        self._last_of_read = True  # the request being dispatched ends what a read held
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -183,6 +184,8 @@ class ServerConnection(FramedConnection):
             if event is None:
                 return True
             self._events_seen += 1
+            # No further header buffered: this request's reply may leave at once.
+            self._last_of_read = decoder._end - decoder._start < HEADER_SIZE
             self.event_received(event)
         return False
 
@@ -249,7 +252,18 @@ class ServerConnection(FramedConnection):
                 HEADER.pack(compression, 0, session, size, _xxh64(body) & 0xFFFFFFFF, status)
             )
             out.append(body)
-            if self._flush_handle is None and not self._pulling:
+            # The reply leaves as early as batching allows; bookkeeping comes after it,
+            # while the peer is already reading.
+            if self._pulling:
+                # Inside a read: replies gather until the one to its last request.
+                if self._last_of_read:
+                    self._flush()
+            elif not self.in_flight:
+                # No other handler of this connection is running, so nothing else
+                # would join this write in this iteration: send it now.
+                self._flush()
+            elif self._flush_handle is None:
+                # Others still run: what they answer in this iteration leaves together.
                 self._flush_handle = self.loop.call_soon(self._flush)
         return size
 
@@ -418,19 +432,16 @@ class ServerConnection(FramedConnection):
         # Released once the reply is handed to the transport (it may be the request
         # itself, as in an echo): a handler that kept the request past its return
         # then fails loudly instead of reading reused memory.
-        if self.closed:
-            self.release_after_flush(body)
+        if self.closed or not self._out:  # the reply is with the transport already
+            try:  # noqa: SIM105 - contextlib.suppress costs ~1 us here
+                body.release()
+            except BufferError:
+                pass  # the transport holds it for a pending write; it stays valid till then
         else:
-            self._release.append(body)  # release_after_flush, inlined
+            self._release.append(body)  # released once what is queued is written
         self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
-        if not self._pulling and not self.in_flight:
-            # No other handler of this connection is running, so nothing else will join
-            # this write in the current iteration: send now rather than one loop turn
-            # later. With handlers still running, replies gather for one writev; inside
-            # a read, the replies to all it held leave when it is processed.
-            self.flush_now()
 
     # FilterSide
     @property
