@@ -557,10 +557,15 @@ class Client:
                         (prefix, payload),
                     )
                 else:
-                    conn.send(
-                        HEADER.pack(0, 0, session, size, _xxh64(payload) & 0xFFFFFFFF, wire_id),
-                        payload,
-                    )
+                    header = HEADER.pack(0, 0, session, size, _xxh64(payload) & 0xFFFFFFFF, wire_id)
+                    if len(pending) == 1 and not conn._out:
+                        # The only call in flight, nothing queued: there is nothing to
+                        # batch it with, so it leaves now rather than one loop iteration
+                        # later (an extra epoll_wait and callback, ~4 µs a call). Calls
+                        # that join it in this iteration are queued and leave together.
+                        conn.send_now(header, payload)
+                    else:
+                        conn.send(header, payload)
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body

@@ -388,7 +388,7 @@ def _take(it: Any, n: int) -> Any:
 # --------------------------------------------------------------------------- write coalescing
 
 
-async def test_calls_issued_in_one_iteration_leave_in_one_writelines(
+async def test_calls_issued_in_one_iteration_leave_together(
     echo_server: smf.Server, client: smf.Client, kit: Any
 ) -> None:
     await kit.wait_until(lambda: len(echo_server.connections) == 1)
@@ -400,13 +400,24 @@ async def test_calls_issued_in_one_iteration_leave_in_one_writelines(
     payloads = [b"batch-%d" % i for i in range(100)]
     results = await asyncio.gather(*(client.call(kit.ECHO, p) for p in payloads))
     assert [bytes(r) for r in results] == payloads
-    assert spy.writelines_calls == 1  # one batch created in one iteration: one writev
+    # The connection was idle, so the first call left at once (nothing to wait for);
+    # the 99 issued after it in the same iteration left together, in one writev.
+    assert spy.writelines_calls == 2
     # The server answers what it read together together, too.
     assert 1 <= server_spy.writelines_calls <= 10
     # Calls issued in separate iterations leave separately.
     for p in payloads[:3]:
         await client.call(kit.ECHO, p)
-    assert spy.writelines_calls == 4
+    assert spy.writelines_calls == 5
+    # A burst issued while a call is in flight leaves in one writev: nothing goes
+    # ahead of the batch.
+    release = asyncio.create_task(client.call(kit.SLEEP, b"0.2"))
+    await kit.wait_until(lambda: client.in_flight == 1)
+    before = spy.writelines_calls
+    results = await asyncio.gather(*(client.call(kit.ECHO, p) for p in payloads))
+    assert [bytes(r) for r in results] == payloads
+    assert spy.writelines_calls == before + 1
+    await release
 
 
 # --------------------------------------------------------------------------- response size
