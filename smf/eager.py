@@ -17,8 +17,8 @@ real task.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import sys
-import types
 
 # Private, but present and unchanged from 3.7 to 3.13: how asyncio marks the task
 # that is running (``asyncio.current_task``).
@@ -116,7 +116,11 @@ if sys.version_info >= (3, 12):
     ) -> TaskHandle | None:
         """Run ``coro`` until it first waits; None if it finished, else its task."""
         task = asyncio.Task(coro, loop=loop, context=context, eager_start=True)
-        return None if task.done() else task
+        if not task.done():
+            return task
+        if not task.cancelled():
+            task.result()  # what the first step raised propagates, as on 3.11
+        return None
 
 else:
 
@@ -144,40 +148,73 @@ else:
             if outer is not None:
                 _enter_task(loop, outer)
         task = handle.task = loop.create_task(
-            _carry_on(loop, handle, coro, waiting_for), context=context
+            _CarryOn(loop, handle, coro, waiting_for), context=context
         )
         if handle._cancels:
             task.cancel(handle._cancel_msg)
         return handle
 
 
-@types.coroutine
-def _carry_on(
-    loop: asyncio.AbstractEventLoop, handle: EagerTask, coro: _Coro, waiting_for: Any
-) -> Generator[Any, Any, None]:
-    """Drive ``coro`` from its first wait on, inside a real task, with ``handle`` as the
-    current task whenever ``coro`` runs (what it awaits goes up to the real task)."""
-    send, throw = coro.send, coro.throw
-    while True:
-        try:
-            value = yield waiting_for
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # delivered by the real task (e.g. CancelledError)
-            step: Any = throw
-            arg: Any = exc
-        else:
-            step, arg = send, value
+class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
+    """What the real task runs: ``coro`` from its first wait on, with ``handle`` as the
+    current task whenever ``coro`` runs (what it awaits goes up to the real task).
+
+    A class rather than a generator because the real task may be cancelled before its
+    first step (a cancel asked for during the eager step, a timeout that expired at
+    once): that arrives as ``throw`` before anything ran, and must reach ``coro``
+    where it waits, as it would in a task of its own.
+    """
+
+    __slots__ = ("_coro", "_handle", "_loop", "_started", "_waiting_for")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, handle: EagerTask, coro: _Coro, waiting_for: Any
+    ) -> None:
+        self._loop = loop
+        self._handle = handle
+        self._coro = coro
+        self._waiting_for = waiting_for
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            # The task's first step: hand it what the coroutine is waiting for.
+            self._started = True
+            waiting_for, self._waiting_for = self._waiting_for, None
+            return waiting_for
+        return self._step(self._coro.send, value)
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        exc = typ if val is None else val
+        if not self._started:
+            self._started = True
+            # Cancelled before the task ran: cancel what the coroutine waits for, as
+            # Task.cancel would have, and raise it where the coroutine waits.
+            waiting_for, self._waiting_for = self._waiting_for, None
+            if isinstance(exc, asyncio.CancelledError) and isinstance(waiting_for, asyncio.Future):
+                waiting_for.cancel()
+        return self._step(self._coro.throw, exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError("_CarryOn is driven by its task, not awaited")
+
+    def _step(self, step: Any, arg: Any) -> Any:
+        loop, handle = self._loop, self._handle
         real = asyncio.current_task(loop)
         assert real is not None
         _leave_task(loop, real)
         _enter_task(loop, handle)  # type: ignore[arg-type]
         try:
-            waiting_for = step(arg)
-        except StopIteration:
-            handle._done = True
-            return
+            return step(arg)
+        except BaseException:
+            handle._done = True  # returned (StopIteration) or raised: it is over
+            raise
         finally:
             _leave_task(loop, handle)  # type: ignore[arg-type]
             _enter_task(loop, real)
