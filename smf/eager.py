@@ -150,7 +150,7 @@ else:
         task = handle.task = loop.create_task(
             _CarryOn(loop, handle, coro, waiting_for), context=context
         )
-        if handle._cancels:
+        for _ in range(handle._cancels):  # each counts, as Task.cancelling() does
             task.cancel(handle._cancel_msg)
         return handle
 
@@ -191,11 +191,17 @@ class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
         exc = typ if val is None else val
         if not self._started:
             self._started = True
-            # Cancelled before the task ran: cancel what the coroutine waits for, as
-            # Task.cancel would have, and raise it where the coroutine waits.
+            # Cancelled before the task ran: do what Task.cancel does to a task that
+            # waits. Cancel what it waits for (with the message) and keep waiting, so
+            # the coroutine sees how that ends (an awaited task may clean up first, or
+            # even return); only if that cannot be cancelled, raise it where it waits.
             waiting_for, self._waiting_for = self._waiting_for, None
-            if isinstance(exc, asyncio.CancelledError) and isinstance(waiting_for, asyncio.Future):
-                waiting_for.cancel()
+            if (
+                isinstance(exc, asyncio.CancelledError)
+                and isinstance(waiting_for, asyncio.Future)
+                and waiting_for.cancel(exc.args[0] if exc.args else None)
+            ):
+                return waiting_for
         return self._step(self._coro.throw, exc)
 
     def close(self) -> None:
@@ -203,6 +209,11 @@ class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
 
     def __await__(self) -> Generator[Any, None, None]:
         raise TypeError("_CarryOn is driven by its task, not awaited")
+
+    def __getattr__(self, name: str) -> Any:
+        # The handler coroutine's name, frame and code (cr_frame, __qualname__, ...):
+        # the task's repr and get_stack() show the handler, not this wrapper.
+        return getattr(object.__getattribute__(self, "_coro"), name)
 
     def _step(self, step: Any, arg: Any) -> Any:
         loop, handle = self._loop, self._handle

@@ -432,13 +432,7 @@ class ServerConnection(FramedConnection):
         # Released once the reply is handed to the transport (it may be the request
         # itself, as in an echo): a handler that kept the request past its return
         # then fails loudly instead of reading reused memory.
-        if self.closed or not self._out:  # the reply is with the transport already
-            try:  # noqa: SIM105 - contextlib.suppress costs ~1 us here
-                body.release()
-            except BufferError:
-                pass  # the transport holds it for a pending write; it stays valid till then
-        else:
-            self._release.append(body)  # released once what is queued is written
+        self.release_after_flush(body)
         self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
