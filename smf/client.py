@@ -193,15 +193,24 @@ class DeadlineQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def add(self, future: _CallResult, timeout: float) -> None:
+    def add(self, future: _CallResult, timeout: float) -> bool:
+        """Queue ``future``'s deadline; False (nothing queued) if it falls before the last
+        one queued (the default timeout was lowered): the caller then times it alone."""
         deadline = self._loop.time() + timeout
         queue = self._queue
+        if queue and deadline < queue[-1][0]:
+            return False
         queue.append((deadline, future, timeout))
-        if self._timer is None:
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            # None armed, or the one left armed when the queue emptied is later.
+            if timer is not None:
+                timer.cancel()
             self._timer = self._loop.call_at(deadline, self._fire)
         elif len(queue) > self._compact_at:
             self._queue = collections.deque(e for e in queue if not e[1].done())
             self._compact_at = max(self._compact_at, 2 * len(self._queue))
+        return True
 
     def prune(self) -> None:
         queue = self._queue
@@ -526,13 +535,14 @@ class Client:
             session_free = session != 0
             if not session:
                 session = await self._wait_for_session(sessions, future, t)
-            if conn.closed:
-                sessions.release(session, future)
-                raise ConnectionLost(f"connection to {self.address} lost")
+        if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
+            sessions.release(session, future)
+            raise ConnectionLost(f"connection to {self.address} lost")
         timer = None
+        shared_timeout: float | None = None
         if t is not None:
             if session_free and not explicit and t == self.timeout:
-                conn.deadlines.add(future, t)  # the common case: one shared timer
+                shared_timeout = t  # the common case: one shared timer, armed below
             else:
                 # What is left once the connection and a session were had.
                 t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
@@ -566,6 +576,9 @@ class Client:
                         conn.send_now(header, payload)
                     else:
                         conn.send(header, payload)
+                # The shared deadline is queued after the write, off the round trip.
+                if shared_timeout is not None and not conn.deadlines.add(future, shared_timeout):
+                    timer = loop.call_later(shared_timeout, _expire, future, shared_timeout)
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body

@@ -19,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import sys
-
-# Private, but present and unchanged from 3.7 to 3.13: how asyncio marks the task
-# that is running (``asyncio.current_task``).
-from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any
+
+if sys.version_info < (3, 12):
+    # Private, but present and unchanged from 3.7 to 3.13: how asyncio marks the task
+    # that is running (``asyncio.current_task`` reads ``_current_tasks``). Only the
+    # 3.11 path uses them; 3.12+ has eager tasks built in.
+    from asyncio.tasks import _enter_task, _leave_task
+
+    _current_tasks: dict[asyncio.AbstractEventLoop, Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
 
 TaskHandle = Any
 """What ``asyncio.current_task()`` returns inside the coroutine: an ``asyncio.Task``
@@ -131,7 +135,7 @@ else:
         handle = EagerTask(loop, coro)
         # We may be called from inside a task (a handler finishing resumes reading):
         # that task steps aside while this coroutine runs, as it would for a new task.
-        outer = asyncio.current_task(loop)
+        outer = _current_tasks.get(loop)  # asyncio.current_task(loop), minus a call
         if outer is not None:
             _leave_task(loop, outer)
         _enter_task(loop, handle)  # type: ignore[arg-type]
@@ -217,8 +221,7 @@ class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
 
     def _step(self, step: Any, arg: Any) -> Any:
         loop, handle = self._loop, self._handle
-        real = asyncio.current_task(loop)
-        assert real is not None
+        real = _current_tasks[loop]  # the task running us
         _leave_task(loop, real)
         _enter_task(loop, handle)  # type: ignore[arg-type]
         try:

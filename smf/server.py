@@ -40,6 +40,11 @@ log = logging.getLogger("smf.server")
 
 _xxh64 = xxhash.xxh64_intdigest  # the header checksum is this & 0xFFFFFFFF (wire.checksum)
 
+# Replies gathered inside one read are written once they reach this many bytes, even
+# before the read's last request is answered: the transport's write-side pause then
+# stops further reading, as it does for replies written one by one.
+GATHER_LIMIT = 64 * 1024
+
 # Bytes charged to the server-wide budget per request beyond its frame: the task,
 # context and future that carry it (measured ~1 KiB with tracemalloc, rounded).
 REQUEST_OVERHEAD = 1024
@@ -118,6 +123,7 @@ class ServerConnection(FramedConnection):
         self.refused = False
         self._partial_charge = 0
         self._last_of_read = True  # the request being dispatched ends what a read held
+        self._gathered = 0  # bytes of replies queued in this read, not yet written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -165,6 +171,7 @@ class ServerConnection(FramedConnection):
         budget = server.budget
         in_flight = self.in_flight
         limit = server.max_in_flight_per_connection
+        self._gathered = 0
         while not self.closed:
             if (
                 self._write_paused
@@ -241,11 +248,7 @@ class ServerConnection(FramedConnection):
 
     def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
         """Queue the answer to ``session``; returns the body's size."""
-        stats = self.server.stats
-        responses = stats.responses
-        responses[status] = responses.get(status, 0) + 1
         size = body.nbytes if isinstance(body, memoryview) else len(body)
-        stats.bytes_out += HEADER_SIZE + size
         if not self.closed:
             out = self._out
             out.append(
@@ -255,8 +258,12 @@ class ServerConnection(FramedConnection):
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
             if self._pulling:
-                # Inside a read: replies gather until the one to its last request.
-                if self._last_of_read:
+                # Inside a read: replies gather until the one to its last request, or
+                # until they are big enough that the transport should see them (so a
+                # peer that does not read its answers pauses us, and memory is bounded).
+                self._gathered += HEADER_SIZE + size
+                if self._last_of_read or self._gathered >= GATHER_LIMIT:
+                    self._gathered = 0
                     self._flush()
             elif not self.in_flight:
                 # No other handler of this connection is running, so nothing else
@@ -265,6 +272,10 @@ class ServerConnection(FramedConnection):
             elif self._flush_handle is None:
                 # Others still run: what they answer in this iteration leaves together.
                 self._flush_handle = self.loop.call_soon(self._flush)
+        stats = self.server.stats
+        responses = stats.responses
+        responses[status] = responses.get(status, 0) + 1
+        stats.bytes_out += HEADER_SIZE + size
         return size
 
     def event_received(self, event: Event) -> None:
@@ -310,9 +321,16 @@ class ServerConnection(FramedConnection):
         if budget.used > budget.peak:
             budget.peak = budget.used
         # The handler runs now, inside this read; it gets a task only if it waits.
-        task = start_eager(
-            self.loop, self._serve(handler, frame, cost, perf_counter_ns()), copy_context()
-        )
+        try:
+            task = start_eager(
+                self.loop, self._serve(handler, frame, cost, perf_counter_ns()), copy_context()
+            )
+        except Exception:
+            # _serve answers every error itself; this is a bug in smf. Answer and carry
+            # on: a request's failure must not take down its connection.
+            log.exception("serving wire id %d failed", frame.meta)
+            self.reply(frame.session, Status.INTERNAL_ERROR, b"internal error in smf server")
+            return
         if task is not None:
             self.in_flight.add(task)
             server.tasks.add(task)
@@ -356,6 +374,8 @@ class ServerConnection(FramedConnection):
             else:
                 result = await self._invoke(handler, ctx, body)
             if isinstance(result, memoryview):
+                if not result.c_contiguous:
+                    raise TypeError("handler returned a non-contiguous memoryview")
                 size = result.nbytes
             elif isinstance(result, bytes | bytearray):
                 size = len(result)
@@ -395,6 +415,10 @@ class ServerConnection(FramedConnection):
                     status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
                 )
         finally:
+            if self.in_flight:  # the outgoing filters waited: this has a task now
+                task = asyncio.current_task(self.loop)
+                self.in_flight.discard(task)
+                server.tasks.discard(task)
             self._finish(frame.body, cost)
 
     async def _respond_filtered(

@@ -264,9 +264,8 @@ class FramedConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         """Flush what is queued, then close."""
         if self.transport is not None and not self.transport.is_closing():
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush()
+            # Replies gathered inside a read have no flush handle: flush regardless.
+            self.flush_now()
             self.transport.close()
 
     def abort(self) -> None:
