@@ -1,4 +1,5 @@
-"""bench/latency.py runs end to end with tiny counts (no timing assertions)."""
+"""bench/latency.py and bench/interleaved.py run end to end with tiny counts (no timing
+assertions)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,17 @@ def test_latency_bench_prints_table_and_json_for_both_systems() -> None:
         "window calls/s smf/raw",
     ]
     assert all(isinstance(t["pass"], bool) for t in result["targets"])
+
+
+def test_interleaved_bench_prints_both_systems_and_the_ratio() -> None:
+    script = BENCH.parent / "interleaved.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--blocks", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for needle in ("raw p50", "smf p50", "smf/raw p50"):
+        assert needle in out, out
