@@ -14,8 +14,6 @@ from time import perf_counter_ns
 from types import TracebackType
 from typing import Any, Final
 
-import xxhash
-
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
@@ -44,9 +42,6 @@ from .wire import (
 )
 
 log = logging.getLogger("smf.client")
-
-_xxh64 = xxhash.xxh64_intdigest  # the header checksum is this & 0xFFFFFFFF (wire.checksum)
-_DISABLED: Final = int(Compression.DISABLED)
 
 
 class Default:
@@ -252,7 +247,7 @@ class ClientConnection(FramedConnection):
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def event_received(self, event: Event) -> None:
-        future = self.sessions.pending.pop(event.session, None)
+        future = self.sessions.pop(event.session)
         if future is None or future.done():
             self.client.stats.late_replies += 1
             if isinstance(event, Frame):
@@ -523,18 +518,10 @@ class Client:
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
-        # SessionTable.try_allocate's common case, inlined: the next id is free.
-        pending = sessions.pending
-        session = sessions._next
-        if session not in pending and len(pending) < sessions.capacity:
-            sessions._next = session + 1 if session < sessions.capacity else 1
-            pending[session] = future
-            session_free = True
-        else:
-            session = sessions.try_allocate(future)
-            session_free = session != 0
-            if not session:
-                session = await self._wait_for_session(sessions, future, t)
+        session = sessions.try_allocate(future)
+        session_free = session != 0
+        if not session:
+            session = await self._wait_for_session(sessions, future, t)
         if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
             sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost")
@@ -547,7 +534,7 @@ class Client:
                 # What is left once the connection and a session were had.
                 t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
                 timer = loop.call_later(t, _expire, future, t)
-        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        size = payload_size(payload)
         try:
             if self.filters:
                 status, body = await self._exchange_filtered(
@@ -567,8 +554,8 @@ class Client:
                         (prefix, payload),
                     )
                 else:
-                    header = HEADER.pack(0, 0, session, size, _xxh64(payload) & 0xFFFFFFFF, wire_id)
-                    if len(pending) == 1 and not conn._out:
+                    header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
+                    if len(sessions) == 1 and not conn._out:
                         # The only call in flight, nothing queued: there is nothing to
                         # batch it with, so it leaves now rather than one loop iteration
                         # later (an extra epoll_wait and callback, ~4 µs a call). Calls
@@ -582,7 +569,7 @@ class Client:
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body
-                if frame.compression > _DISABLED or frame.flags:
+                if frame.compression > Compression.DISABLED or frame.flags:
                     status, body = _unwrap(
                         Message(frame.compression, frame.flags, frame.session, status, body)
                     )
@@ -594,12 +581,10 @@ class Client:
                 timer.cancel()
             else:
                 conn.deadlines.prune()
-            if pending.get(session) is future:  # SessionTable.release, inlined
-                del pending[session]
-            if sessions._waiters:
-                sessions._wake_one()
-        row = self.methods.methods.get(wire_id) or self.methods.get_or_add(wire_id)
-        row.record(status, perf_counter_ns() - started, size, body.nbytes)
+            sessions.release(session, future)
+        self.methods.get_or_add(wire_id).record(
+            status, perf_counter_ns() - started, size, body.nbytes
+        )
         if status == 200:
             return body
         message = bytes(body).decode("utf-8", "replace")

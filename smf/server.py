@@ -15,8 +15,6 @@ from ssl import SSLContext
 from time import perf_counter_ns
 from types import TracebackType
 
-import xxhash
-
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
@@ -34,11 +32,10 @@ from .wire import (
     Frame,
     FrameDecoder,
     Status,
+    checksum,
 )
 
 log = logging.getLogger("smf.server")
-
-_xxh64 = xxhash.xxh64_intdigest  # the header checksum is this & 0xFFFFFFFF (wire.checksum)
 
 # Replies gathered inside one read are written once they reach this many bytes, even
 # before the read's last request is answered: the transport's write-side pause then
@@ -160,41 +157,27 @@ class ServerConnection(FramedConnection):
         for task in self.in_flight:
             task.cancel()
 
-    def _take_events(self) -> bool:
-        # FramedConnection's loop with the server's backpressure checks inlined (this
-        # runs per request): stop pulling while the peer does not read its answers,
-        # while too many of its requests are in flight, or while the server-wide byte
-        # budget is spent (a connection with nothing in flight may still take one
-        # request, so one peer that spent the budget cannot starve the others).
-        decoder = self.decoder
+    def can_pull(self) -> bool:
         server = self.server
-        budget = server.budget
-        in_flight = self.in_flight
-        limit = server.max_in_flight_per_connection
-        self._gathered = 0
-        while not self.closed:
-            if (
-                self._write_paused
-                or len(in_flight) >= limit
-                or (budget.used >= budget.limit and in_flight)
-            ):
-                server.stats.reads_paused += 1
-                if not self._write_paused and len(in_flight) < limit:
-                    budget.wait(self)
-                self._pause_reading()
-                return False
-            try:
-                event = decoder.next_event()
-            except FrameError as error:
-                self.frame_error(error)
-                return False
-            if event is None:
-                return True
-            self._events_seen += 1
-            # No further header buffered: this request's reply may leave at once.
-            self._last_of_read = decoder._end - decoder._start < HEADER_SIZE
-            self.event_received(event)
-        return False
+        if self._write_paused:
+            # The peer is not reading its answers: stop reading its questions.
+            server.stats.reads_paused += 1
+            return False
+        if len(self.in_flight) >= server.max_in_flight_per_connection:
+            server.stats.reads_paused += 1
+            return False
+        if server.budget.exhausted and self.in_flight:
+            # A connection with nothing in flight may still take one request, so one
+            # peer that spent the budget cannot starve the others.
+            server.stats.reads_paused += 1
+            server.budget.wait(self)
+            return False
+        return True
+
+    def _pull(self) -> None:
+        if not self._pulling:  # a new read: nothing gathered yet (re-entry carries on)
+            self._gathered = 0
+        super()._pull()
 
     def _after_pull(self) -> None:
         if not self.closed and (
@@ -248,12 +231,10 @@ class ServerConnection(FramedConnection):
 
     def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
         """Queue the answer to ``session``; returns the body's size."""
-        size = body.nbytes if isinstance(body, memoryview) else len(body)
+        size = payload_size(body)
         if not self.closed:
             out = self._out
-            out.append(
-                HEADER.pack(compression, 0, session, size, _xxh64(body) & 0xFFFFFFFF, status)
-            )
+            out.append(HEADER.pack(compression, 0, session, size, checksum(body), status))
             out.append(body)
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
@@ -296,6 +277,8 @@ class ServerConnection(FramedConnection):
             )
             return
         frame = event
+        # No further header buffered: this request's reply may leave at once.
+        self._last_of_read = self.decoder.buffered < HEADER_SIZE
         size = frame.body.nbytes
         stats.bytes_in += HEADER_SIZE + size
         handler = server.router.handlers.get(frame.meta)
@@ -316,10 +299,7 @@ class ServerConnection(FramedConnection):
             )
             return
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
-        budget = server.budget
-        budget.used += cost  # ByteBudget.charge, inlined
-        if budget.used > budget.peak:
-            budget.peak = budget.used
+        server.budget.charge(cost)
         # The handler runs now, inside this read; it gets a task only if it waits.
         try:
             task = start_eager(
@@ -399,11 +379,7 @@ class ServerConnection(FramedConnection):
             status = Status.INTERNAL_ERROR
             result = _error_body(status, f"{type(exc).__name__}: {exc}")
         finally:
-            if self.in_flight:  # it waited, so it has a task (the current one)
-                # With the loop given, current_task() skips get_running_loop()'s getpid().
-                task = asyncio.current_task(self.loop)
-                self.in_flight.discard(task)
-                server.tasks.discard(task)
+            self._forget_own_task()  # before replying: reply() looks at in_flight
             if dropped:
                 self._finish(frame.body, cost)
         try:
@@ -415,11 +391,17 @@ class ServerConnection(FramedConnection):
                     status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
                 )
         finally:
-            if self.in_flight:  # the outgoing filters waited: this has a task now
-                task = asyncio.current_task(self.loop)
-                self.in_flight.discard(task)
-                server.tasks.discard(task)
+            self._forget_own_task()  # the outgoing filters may have waited: a task now
             self._finish(frame.body, cost)
+
+    def _forget_own_task(self) -> None:
+        """Drop the running handler's task from the in-flight sets, if it has one (a
+        handler gets a task only once it waits, so with none in flight there is none)."""
+        if self.in_flight:
+            # With the loop given, current_task() skips get_running_loop()'s getpid().
+            task = asyncio.current_task(self.loop)
+            self.in_flight.discard(task)
+            self.server.tasks.discard(task)
 
     async def _respond_filtered(
         self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int

@@ -22,10 +22,10 @@ from .wire import Event, FrameDecoder
 class FramedConnection(asyncio.BufferedProtocol):
     """Base protocol: decoding, write coalescing, stall detection and read pausing.
 
-    Subclasses implement ``event_received`` (one frame or oversized header) and
-    ``frame_error`` (the peer broke the protocol). One that applies backpressure
-    overrides ``_take_events`` to stop pulling (and ``_pause_reading``) while it must,
-    then calls ``resume_pulling`` when it may go on.
+    Subclasses implement ``event_received`` (one frame or oversized header),
+    ``frame_error`` (the peer broke the protocol) and may override ``can_pull`` to
+    apply backpressure: while it returns False, no further events are pulled and the
+    socket is not read; call ``resume_pulling`` when it may turn True again.
     """
 
     def __init__(self, decoder: FrameDecoder, body_timeout: float | None) -> None:
@@ -107,6 +107,9 @@ class FramedConnection(asyncio.BufferedProtocol):
     def frame_error(self, error: FrameError) -> None:
         raise NotImplementedError
 
+    def can_pull(self) -> bool:
+        return True
+
     def stalled(self) -> None:
         """The peer began a frame and did not finish it within ``body_timeout``."""
         self.close()
@@ -145,10 +148,13 @@ class FramedConnection(asyncio.BufferedProtocol):
                 self.flush_now()
 
     def _take_events(self) -> bool:
-        """Hand every complete event to ``event_received``; True when the decoder ran
-        dry, False when the stream broke or the connection closed."""
+        """Hand events to ``event_received`` while ``can_pull`` allows; True when the
+        decoder ran dry, False when backpressure paused reading or the stream broke."""
         decoder = self.decoder
         while not self.closed:
+            if not self.can_pull():
+                self._pause_reading()
+                return False
             try:
                 event = decoder.next_event()
             except FrameError as error:
@@ -235,13 +241,9 @@ class FramedConnection(asyncio.BufferedProtocol):
     def release_after_flush(self, view: memoryview) -> None:
         """Release ``view`` once what is queued now has been handed to the transport
         (at once when nothing is queued)."""
+        self._release.append(view)
         if self.closed or not self._out:
-            try:  # noqa: SIM105 - contextlib.suppress costs ~1 us here
-                view.release()
-            except BufferError:
-                pass  # the transport holds it for a pending write; it stays valid till then
-        else:
-            self._release.append(view)
+            self._release_views()
 
     def _release_views(self) -> None:
         views = self._release
