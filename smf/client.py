@@ -14,6 +14,8 @@ from time import perf_counter_ns
 from types import TracebackType
 from typing import Any, Final
 
+import xxhash
+
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
@@ -55,6 +57,9 @@ DEFAULT: Final = Default()
 """Sentinel: use the client's default timeout."""
 
 _CallResult = asyncio.Future[Frame]
+_xxh64: Final = xxhash.xxh64_intdigest
+_MASK32: Final = 0xFFFFFFFF
+_DISABLED: Final = int(Compression.DISABLED)
 
 
 class SessionTable:
@@ -175,8 +180,10 @@ class DeadlineQueue:
 
     Their deadlines arrive in issue order, so one deque and one timer serve them all:
     ``call_later`` per call costs a libuv timer each on uvloop (measured 6-11 µs per
-    call with its cancel). Finished calls are dropped from the head as calls complete;
-    a call stuck at the head cannot pin more than ``compact_at`` finished ones.
+    call with its cancel). Finished calls are dropped from the head when the next call
+    is queued; a call stuck at the head cannot pin more than ``compact_at`` finished
+    ones. The timer stays armed when the queue empties (sequential calls would
+    otherwise start and cancel one per call): firing on an empty queue costs a wakeup.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, compact_at: int = 4096) -> None:
@@ -190,9 +197,13 @@ class DeadlineQueue:
 
     def add(self, future: _CallResult, timeout: float) -> bool:
         """Queue ``future``'s deadline; False (nothing queued) if it falls before the last
-        one queued (the default timeout was lowered): the caller then times it alone."""
-        deadline = self._loop.time() + timeout
+        one queued (the default timeout was lowered): the caller then times it alone.
+        Finished calls at the head are dropped first (here, after the request is
+        written, rather than when each call returns)."""
         queue = self._queue
+        while queue and queue[0][1].done():
+            queue.popleft()
+        deadline = self._loop.time() + timeout
         if queue and deadline < queue[-1][0]:
             return False
         queue.append((deadline, future, timeout))
@@ -206,13 +217,6 @@ class DeadlineQueue:
             self._queue = collections.deque(e for e in queue if not e[1].done())
             self._compact_at = max(self._compact_at, 2 * len(self._queue))
         return True
-
-    def prune(self) -> None:
-        queue = self._queue
-        while queue and queue[0][1].done():
-            queue.popleft()
-        # The timer stays armed when the queue empties: sequential calls would otherwise
-        # start and cancel one per call. Firing on an empty queue costs one wakeup.
 
     def _fire(self) -> None:
         self._timer = None
@@ -247,7 +251,7 @@ class ClientConnection(FramedConnection):
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def event_received(self, event: Event) -> None:
-        future = self.sessions.pop(event.session)
+        future = self.sessions.pending.pop(event.session, None)
         if future is None or future.done():
             self.client.stats.late_replies += 1
             if isinstance(event, Frame):
@@ -275,7 +279,7 @@ class ClientConnection(FramedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         why = f": {exc}" if exc else ""
-        if self._events_seen == 0:
+        if self.events_seen == 0:
             # Closed before a single reply: the usual sign of a TLS mismatch.
             if self.client.ssl is None:
                 why += " (closed before any reply; if the server requires TLS, pass ssl=)"
@@ -518,7 +522,13 @@ class Client:
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
-        session = sessions.try_allocate(future)
+        pending = sessions.pending
+        session = sessions._next
+        if session in pending or len(pending) >= sessions.capacity:
+            session = sessions.try_allocate(future)
+        else:  # the next id is free: try_allocate's first step, inline
+            pending[session] = future
+            sessions._next = session + 1 if session < sessions.capacity else 1
         session_free = session != 0
         if not session:
             session = await self._wait_for_session(sessions, future, t)
@@ -534,7 +544,9 @@ class Client:
                 # What is left once the connection and a session were had.
                 t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
                 timer = loop.call_later(t, _expire, future, t)
-        size = payload_size(payload)
+        # Inlined (payload_size, checksum, SessionTable.release, ...): this runs for
+        # every call, between one reply's arrival and the next request's write.
+        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         try:
             if self.filters:
                 status, body = await self._exchange_filtered(
@@ -554,13 +566,13 @@ class Client:
                         (prefix, payload),
                     )
                 else:
-                    header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
-                    if len(sessions) == 1 and not conn._out:
+                    header = HEADER.pack(0, 0, session, size, _xxh64(payload) & _MASK32, wire_id)
+                    if len(pending) == 1 and not conn._out:
                         # The only call in flight, nothing queued: there is nothing to
                         # batch it with, so it leaves now rather than one loop iteration
                         # later (an extra epoll_wait and callback, ~4 µs a call). Calls
                         # that join it in this iteration are queued and leave together.
-                        conn.send_now(header, payload)
+                        conn.transport.writelines((header, payload))  # type: ignore[union-attr]
                     else:
                         conn.send(header, payload)
                 # The shared deadline is queued after the write, off the round trip.
@@ -569,7 +581,7 @@ class Client:
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body
-                if frame.compression > Compression.DISABLED or frame.flags:
+                if frame.compression > _DISABLED or frame.flags:
                     status, body = _unwrap(
                         Message(frame.compression, frame.flags, frame.session, status, body)
                     )
@@ -579,9 +591,10 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
-            else:
-                conn.deadlines.prune()
-            sessions.release(session, future)
+            # A reply already freed its session (event_received); the shared deadline
+            # queue drops finished calls when the next one is queued (off the round trip).
+            if sessions._waiters or sessions.pending.get(session) is future:
+                sessions.release(session, future)
         self.methods.get_or_add(wire_id).record(
             status, perf_counter_ns() - started, size, body.nbytes
         )
