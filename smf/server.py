@@ -8,17 +8,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from time import perf_counter_ns
-from types import TracebackType
+from types import CoroutineType, TracebackType
+from typing import Any
+
+import xxhash
 
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
-from .eager import TaskHandle, start_eager, task_of
+from .eager import run_eager, start_eager, task_of
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
@@ -32,10 +35,13 @@ from .wire import (
     Frame,
     FrameDecoder,
     Status,
-    checksum,
 )
 
 log = logging.getLogger("smf.server")
+
+_DISABLED = int(Compression.DISABLED)
+_xxh64 = xxhash.xxh64_intdigest  # checksum(), inline on the reply path
+_MASK32 = 0xFFFFFFFF
 
 # Replies gathered inside one read are written once they reach this many bytes, even
 # before the read's last request is answered: the transport's write-side pause then
@@ -115,12 +121,14 @@ class ServerConnection(FramedConnection):
             server.body_timeout,
         )
         self.server = server
-        self.in_flight: set[TaskHandle] = set()
+        # The tasks of this connection's handlers that waited (the others never had one).
+        self.in_flight: set[asyncio.Task[None]] = set()
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
         self._last_of_read = True  # the request being dispatched ends what a read held
-        self._gathered = 0  # bytes of replies queued in this read, not yet written
+        # Idle sweeps: events_seen when a sweep last saw this connection busy, and when.
+        self.idle_mark = (0, time.monotonic())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -166,18 +174,14 @@ class ServerConnection(FramedConnection):
         if len(self.in_flight) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
-        if server.budget.exhausted and self.in_flight:
+        budget = server.budget
+        if budget.used >= budget.limit and self.in_flight:  # budget.exhausted, inline
             # A connection with nothing in flight may still take one request, so one
             # peer that spent the budget cannot starve the others.
             server.stats.reads_paused += 1
-            server.budget.wait(self)
+            budget.wait(self)
             return False
         return True
-
-    def _pull(self) -> None:
-        if not self._pulling:  # a new read: nothing gathered yet (re-entry carries on)
-            self._gathered = 0
-        super()._pull()
 
     def _after_pull(self) -> None:
         if not self.closed and (
@@ -217,7 +221,7 @@ class ServerConnection(FramedConnection):
     def frame_error(self, error: FrameError) -> None:
         self.server.stats.bad_frames += 1
         hint = ""
-        if error.field == "compression" and error.value == 0x16 and self._events_seen == 0:
+        if error.field == "compression" and error.value == 0x16 and self.events_seen == 0:
             hint = " (0x16 opens a TLS handshake: the client speaks TLS, this listener does not)"
         log.warning("closing connection from %s: %s%s", self.peer, error, hint)
         self.abort()
@@ -231,10 +235,10 @@ class ServerConnection(FramedConnection):
 
     def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
         """Queue the answer to ``session``; returns the body's size."""
-        size = payload_size(body)
+        size = body.nbytes if type(body) is memoryview else len(body)  # payload_size, inline
         if not self.closed:
             out = self._out
-            out.append(HEADER.pack(compression, 0, session, size, checksum(body), status))
+            out.append(HEADER.pack(compression, 0, session, size, _xxh64(body) & _MASK32, status))
             out.append(body)
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
@@ -299,21 +303,90 @@ class ServerConnection(FramedConnection):
             )
             return
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
-        server.budget.charge(cost)
+        started = perf_counter_ns()
+        context = copy_context()
         # The handler runs now, inside this read; it gets a task only if it waits.
         try:
-            task = start_eager(
-                self.loop, self._serve(handler, frame, cost, perf_counter_ns()), copy_context()
-            )
+            if frame.flags or frame.compression > _DISABLED or server.filters or _tracing.active():
+                # Payload headers (metadata, a deadline), compression, filters or tracing:
+                # one coroutine (_serve) sees the call through.
+                server.budget.charge(cost)
+                coro = self._serve(handler, frame, cost, started)
+                task = task_of(start_eager(self.loop, coro, context))
+            else:
+                # A plain call, most of them: the handler's own coroutine runs, with no
+                # coroutine around it. If it returns in its first step (the usual case)
+                # it is answered here, inline: everything up to the reply's write is on
+                # the round trip. If it waits or raises, _answer sees it end.
+                ctx = CallContext(self.peer, frame.meta, frame.session, peer_identity=self.identity)
+                context.run(current_call.set, ctx)
+                call: Coroutine[Any, Any, Payload]
+                try:
+                    call = handler(ctx, frame.body)  # type: ignore[assignment]
+                    if type(call) is not CoroutineType:
+                        call = _awaiting(call)  # any awaitable will do, as with await
+                except Exception as exc:
+                    call = _raising(exc)  # answered like an error raised inside the handler
+                done, value = run_eager(
+                    self.loop, call, context, self._answer, frame, cost, started
+                )
+                if done:  # returned in its first step, the usual case: answer now
+                    status: int = Status.OK
+                    kind = type(value)
+                    if kind is memoryview:
+                        ok = value.c_contiguous and value.nbytes
+                    else:
+                        ok = (kind is bytes or kind is bytearray) and value
+                    if ok:
+                        size_out = self.reply(frame.session, status, value)
+                    else:
+                        status, value = self._outcome(value, frame.meta)
+                        size_out = self.reply(frame.session, status, value)
+                    server.methods.get(frame.meta).record(
+                        status, perf_counter_ns() - started, size, size_out
+                    )
+                    self.release_after_flush(frame.body)
+                    return
+                if value is None:
+                    return  # its first step raised: answered already
+                # It waits: from now on it holds its request, so the budget counts it.
+                server.budget.charge(cost)
+                task = task_of(value)
         except Exception:
-            # _serve answers every error itself; this is a bug in smf. Answer and carry
-            # on: a request's failure must not take down its connection.
+            # Handlers' errors are answered where they are caught; this is a bug in smf.
+            # Answer and carry on: a request's failure must not take down its connection.
             log.exception("serving wire id %d failed", frame.meta)
             self.reply(frame.session, Status.INTERNAL_ERROR, b"internal error in smf server")
             return
         if task is not None:
             self.in_flight.add(task)
             server.tasks.add(task)
+
+    def _answer(
+        self,
+        result: object,
+        error: BaseException | None,
+        frame: Frame,
+        cost: int,
+        started_ns: int,
+    ) -> None:
+        """A plain call's handler ended, after waiting or by raising (``run_eager``'s
+        ``then``): answer, record, and let the request go. Its budget was charged only
+        if it waited (it has a task)."""
+        status: int
+        body: Payload
+        if error is None:
+            status, body = self._outcome(result, frame.meta)
+        else:
+            status, body = self._failure(error, frame.meta)
+        waited = bool(self.in_flight) and self._forget_own_task()
+        try:
+            size_out = self.reply(frame.session, status, body)
+            self.server.methods.get(frame.meta).record(
+                status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
+            )
+        finally:
+            self._finish(frame.body, cost if waited else 0)
 
     def _refuse(self, frame: Frame, status: int, message: str) -> None:
         self.server.methods.get(frame.meta).record(status, 0, frame.body.nbytes, 0)
@@ -353,31 +426,9 @@ class ServerConnection(FramedConnection):
                 result: Payload = await handler(ctx, body)
             else:
                 result = await self._invoke(handler, ctx, body)
-            if isinstance(result, memoryview):
-                if not result.c_contiguous:
-                    raise TypeError("handler returned a non-contiguous memoryview")
-                size = result.nbytes
-            elif isinstance(result, bytes | bytearray):
-                size = len(result)
-            else:
-                raise TypeError(
-                    f"handler returned {type(result).__name__}, not bytes, bytearray or memoryview"
-                )
-            if not size:
-                status, result = Status.INTERNAL_ERROR, b"handler returned an empty body"
-        except RpcError as exc:
-            status, result = exc.status, _error_body(exc.status, exc.message)
-        except NotImplementedError as exc:
-            status = Status.NOT_IMPLEMENTED
-            result = _error_body(status, str(exc) or "method not implemented")
-        except asyncio.CancelledError:
-            # Connection gone or grace period over: answer if anyone still listens.
-            status = Status.UNAVAILABLE
-            result = _error_body(status, "call cancelled: server is shutting down")
-        except Exception as exc:
-            log.exception("handler for wire id %d raised", ctx.wire_id)
-            status = Status.INTERNAL_ERROR
-            result = _error_body(status, f"{type(exc).__name__}: {exc}")
+            status, result = self._outcome(result, ctx.wire_id)
+        except (Exception, asyncio.CancelledError) as exc:
+            status, result = self._failure(exc, ctx.wire_id)
         finally:
             self._forget_own_task()  # before replying: reply() looks at in_flight
             if dropped:
@@ -394,14 +445,50 @@ class ServerConnection(FramedConnection):
             self._forget_own_task()  # the outgoing filters may have waited: a task now
             self._finish(frame.body, cost)
 
-    def _forget_own_task(self) -> None:
+    def _outcome(self, result: object, wire_id: int) -> tuple[int, Payload]:
+        """(200, result) for a handler's valid result, else a 500 naming the problem."""
+        if isinstance(result, bytes | bytearray):
+            if result:
+                return Status.OK, result
+        elif isinstance(result, memoryview):
+            if not result.c_contiguous:
+                error = TypeError("handler returned a non-contiguous memoryview")
+                return self._failure(error, wire_id)
+            if result.nbytes:
+                return Status.OK, result
+        else:
+            kind = type(result).__name__
+            error = TypeError(f"handler returned {kind}, not bytes, bytearray or memoryview")
+            return self._failure(error, wire_id)
+        return Status.INTERNAL_ERROR, b"handler returned an empty body"
+
+    def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
+        """The status and body that answer a handler's exception (logged unless it is
+        an ``RpcError``, a 501 or a cancel)."""
+        if isinstance(exc, RpcError):
+            return exc.status, _error_body(exc.status, exc.message)
+        if isinstance(exc, NotImplementedError):
+            return Status.NOT_IMPLEMENTED, _error_body(501, str(exc) or "method not implemented")
+        if isinstance(exc, asyncio.CancelledError):
+            # Connection gone or grace period over: answer if anyone still listens.
+            return Status.UNAVAILABLE, _error_body(503, "call cancelled: server is shutting down")
+        log.error("handler for wire id %d raised", wire_id, exc_info=exc)
+        return Status.INTERNAL_ERROR, _error_body(500, f"{type(exc).__name__}: {exc}")
+
+    def _forget_own_task(self) -> bool:
         """Drop the running handler's task from the in-flight sets, if it has one (a
-        handler gets a task only once it waits, so with none in flight there is none)."""
-        if self.in_flight:
-            # With the loop given, current_task() skips get_running_loop()'s getpid().
-            task = asyncio.current_task(self.loop)
-            self.in_flight.discard(task)
-            self.server.tasks.discard(task)
+        handler gets a task only once it waits, so with none in flight there is none).
+        True if it had one."""
+        if not self.in_flight:
+            return False
+        # With the loop given, current_task() skips get_running_loop()'s getpid().
+        # In _serve's first step on 3.11 that is the EagerTask: its task is the real one.
+        task = task_of(asyncio.current_task(self.loop))
+        if task not in self.in_flight:
+            return False
+        self.in_flight.discard(task)
+        self.server.tasks.discard(task)
+        return True
 
     async def _respond_filtered(
         self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
@@ -439,7 +526,8 @@ class ServerConnection(FramedConnection):
         # itself, as in an echo): a handler that kept the request past its return
         # then fails loudly instead of reading reused memory.
         self.release_after_flush(body)
-        self.server.budget.refund(cost)
+        if cost:
+            self.server.budget.refund(cost)
         if self._reading_paused:
             self.resume_pulling()
 
@@ -447,6 +535,14 @@ class ServerConnection(FramedConnection):
     @property
     def is_server(self) -> bool:
         return True
+
+
+async def _awaiting(awaitable: Awaitable[Payload]) -> Payload:
+    return await awaitable
+
+
+async def _raising(error: Exception) -> Payload:
+    raise error
 
 
 def _deadline(timeout_us: str) -> float:
@@ -529,7 +625,7 @@ class Server:
         self.buffer_size = buffer_size
         self.stats = ServerStats()
         self.connections: set[ServerConnection] = set()
-        self.tasks: set[TaskHandle] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._listeners: list[asyncio.AbstractServer] = []
         for service in services:
@@ -637,13 +733,20 @@ class Server:
             self._idle_sweep = loop.call_later(self.idle_timeout / 4, self._sweep_idle)
 
     def _sweep_idle(self) -> None:
-        """Close connections with no bytes in and no call running for ``idle_timeout``.
-        One timer per server, not per connection: activity costs one clock read."""
+        """Close connections with no request in and no call running for ``idle_timeout``.
+        One timer per server, not per connection, and nothing on the read path: a sweep
+        that finds a connection's frame count moved (or a call running, or a frame half
+        in) notes the time, and a connection unchanged since then for ``idle_timeout``
+        is closed. It closes ``idle_timeout`` to 1.5x that after the last activity."""
         self._idle_sweep = None
         assert self.idle_timeout is not None
-        cutoff = time.monotonic() - self.idle_timeout
+        now = time.monotonic()
         for conn in list(self.connections):
-            if conn.last_read < cutoff and not conn.in_flight and not conn.decoder.mid_frame:
+            seen, since = conn.idle_mark
+            if conn.events_seen != seen or conn.in_flight or conn.decoder.mid_frame:
+                conn.idle_mark = (conn.events_seen, now)  # busy: idle time starts now
+                continue
+            if now - since >= self.idle_timeout:
                 self.stats.idle_closed += 1
                 log.info("closing connection from %s: idle for %ss", conn.peer, self.idle_timeout)
                 conn.close()
@@ -686,7 +789,7 @@ class Server:
 
     def _running_tasks(self) -> list[asyncio.Task[None]]:
         """The asyncio tasks of handlers still running (they all waited at least once)."""
-        return [t for t in map(task_of, self.tasks) if t is not None]
+        return list(self.tasks)
 
     async def __aenter__(self) -> Server:
         return self

@@ -11,7 +11,6 @@ ends; ``send_now`` writes at once, for a frame with nothing to batch it with.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from .errors import FrameError
@@ -42,12 +41,16 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._stall_handle: asyncio.TimerHandle | None = None
-        self._events_seen = 0  # frames completed; the stall timer watches it move
+        self.events_seen = 0  # frames completed; the stall and idle timers watch it move
         self._pulling = False  # inside _pull: what is sent leaves when it ends
-        self.last_read = time.monotonic()
+        self._gathered = 0  # bytes queued inside the current pull, not yet written
         # Straight to the decoder: uvloop looks this up once per connection, and the
         # wrapper cost a Python call per read.
         self.get_buffer = decoder.get_buffer  # type: ignore[method-assign]
+        # A subclass that never holds back (the client) costs no can_pull call per event.
+        # (A flag, not the bound method: that would make each connection a cycle, freed
+        # only by the garbage collector, receive buffers and all.)
+        self._gated = type(self).can_pull is not FramedConnection.can_pull
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -67,7 +70,8 @@ class FramedConnection(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_read = time.monotonic()
+        # No clock read here: idleness is judged by whether frames arrive between two
+        # sweeps (``events_seen``), which costs the read path nothing.
         self.decoder.buffer_updated(nbytes)
         self._pull()
 
@@ -127,44 +131,47 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self._pulling:
             return  # re-entered (a reply resumed pulling): the outer loop carries on
         self._pulling = True
+        self._gathered = 0
+        decoder = self.decoder
+        gated = self._gated
         try:
-            if self._take_events() and not self.closed:
-                if self._reading_paused:
-                    self._reading_paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
-                if (
-                    self.body_timeout is not None
-                    and self._stall_handle is None
-                    and self.decoder.mid_frame
-                ):
-                    self._stall_handle = self.loop.call_later(
-                        self.body_timeout, self._check_stall, self._events_seen
-                    )
+            # Events go to event_received while can_pull allows; one loop, no helper
+            # calls, as this runs for every read.
+            while not self.closed:
+                if gated and not self.can_pull():
+                    self._pause_reading()
+                    break
+                try:
+                    event = decoder.next_event()
+                except FrameError as error:
+                    self.frame_error(error)
+                    break
+                if event is None:  # the decoder ran dry: read again
+                    if self._reading_paused:
+                        self._reading_paused = False
+                        assert self.transport is not None
+                        self.transport.resume_reading()
+                    if (
+                        self.body_timeout is not None
+                        and self._stall_handle is None
+                        and decoder.mid_frame
+                    ):
+                        self._stall_handle = self.loop.call_later(
+                            self.body_timeout, self._check_stall, self.events_seen
+                        )
+                    break
+                self.events_seen += 1
+                self.event_received(event)
+                if not gated and decoder._start == decoder._end and not decoder._skip:
+                    # Nothing left and nothing that could hold us back (can_pull never
+                    # paused reading): done without asking the decoder again. For a
+                    # client, this is between a reply and the caller resuming.
+                    break
             self._after_pull()
         finally:
             self._pulling = False
             if self._out:
                 self.flush_now()
-
-    def _take_events(self) -> bool:
-        """Hand events to ``event_received`` while ``can_pull`` allows; True when the
-        decoder ran dry, False when backpressure paused reading or the stream broke."""
-        decoder = self.decoder
-        while not self.closed:
-            if not self.can_pull():
-                self._pause_reading()
-                return False
-            try:
-                event = decoder.next_event()
-            except FrameError as error:
-                self.frame_error(error)
-                return False
-            if event is None:
-                return True
-            self._events_seen += 1
-            self.event_received(event)
-        return False
 
     def _after_pull(self) -> None:
         """Called after every pull (subclasses account for what stays buffered)."""
@@ -183,7 +190,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._stall_handle = None
         if self.closed or not self.decoder.mid_frame:
             return
-        if self._events_seen == events_at_arming and (
+        if self.events_seen == events_at_arming and (
             not self._reading_paused or self.stalled_while_paused()
         ):
             self.stalled()
@@ -191,7 +198,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         # Progress was made, or we are the ones not reading: watch the next frame.
         assert self.body_timeout is not None
         self._stall_handle = self.loop.call_later(
-            self.body_timeout, self._check_stall, self._events_seen
+            self.body_timeout, self._check_stall, self.events_seen
         )
 
     # ------------------------------------------------------------------ writing

@@ -13,9 +13,8 @@ Wire ids (ECHO and SLEEP match tests/conftest.py):
 - RELEASE: opens BLOCK's gate (and closes a new one for later BLOCK calls).
 - DROP: answers, then aborts the calling connection from the server side.
 - STATS: JSON of the server's state (body ``b"gc"`` runs ``gc.collect()`` first). The
-  STATS call's own budget charge (and its task, had it one: it finishes in its first
-  step, so it has none) is left out of ``tasks`` and ``budget_used``, so an idle
-  server reports 0 for both.
+  STATS call finishes in its first step, so it has no task and no budget charge (the
+  budget counts requests whose handlers wait): an idle server reports 0 for both.
 
 Anything that escapes into the event loop's exception handler, and every log record at
 ERROR or above, is counted (``loop_errors``, ``log_errors``) and printed to stderr: a
@@ -117,15 +116,13 @@ async def serve(config: dict[str, Any]) -> None:
     async def stats(ctx: smf.CallContext, body: memoryview) -> smf.Payload:
         if bytes(body) == b"gc":
             gc.collect()
-        own_cost = smf.wire.HEADER_SIZE + body.nbytes + smf.server.REQUEST_OVERHEAD
-        me = asyncio.current_task()
         s = server.stats
         report = {
             "pid": os.getpid(),
             "connections": len(server.connections),
-            "tasks": len(server.tasks - {me}),
-            "in_flight": sum(len(c.in_flight - {me}) for c in server.connections),
-            "budget_used": server.budget.used - own_cost,
+            "tasks": len(server.tasks),
+            "in_flight": sum(len(c.in_flight) for c in server.connections),
+            "budget_used": server.budget.used,
             "budget_peak": server.budget.peak,
             "buffered": sum(c.decoder.buffered for c in server.connections),
             "rss": rss_bytes(),
