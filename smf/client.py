@@ -180,33 +180,36 @@ class DeadlineQueue:
 
     Their deadlines arrive in issue order, so one deque and one timer serve them all:
     ``call_later`` per call costs a libuv timer each on uvloop (measured 6-11 µs per
-    call with its cancel). Finished calls are dropped from the head when the next call
-    is queued; a call stuck at the head cannot pin more than ``compact_at`` finished
-    ones. The timer stays armed when the queue empties (sequential calls would
-    otherwise start and cancel one per call): firing on an empty queue costs a wakeup.
+    call with its cancel). Each entry is ``[deadline, future, timeout]``; a call that
+    returns sets its entry's future to None, so the queue never keeps a reply alive.
+    Spent entries are dropped from the head when the next call is queued (after its
+    write, off the round trip) or when the timer fires; a call stuck at the head
+    cannot pin more than ``compact_at`` spent ones. The timer stays armed when the
+    queue empties (sequential calls would otherwise start and cancel one per call):
+    firing on an empty queue costs a wakeup.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, compact_at: int = 4096) -> None:
         self._loop = loop
-        self._queue: collections.deque[tuple[float, _CallResult, float]] = collections.deque()
+        self._queue: collections.deque[list[Any]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._compact_at = compact_at
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def add(self, future: _CallResult, timeout: float) -> bool:
-        """Queue ``future``'s deadline; False (nothing queued) if it falls before the last
-        one queued (the default timeout was lowered): the caller then times it alone.
-        Finished calls at the head are dropped first (here, after the request is
-        written, rather than when each call returns)."""
+    def add(self, future: _CallResult, timeout: float) -> list[Any] | None:
+        """Queue ``future``'s deadline and return its entry; None
+        (nothing queued) if it falls before the last one queued (the default timeout
+        was lowered): the caller then times it alone."""
         queue = self._queue
-        while queue and queue[0][1].done():
+        while queue and _spent(queue[0]):
             queue.popleft()
         deadline = self._loop.time() + timeout
         if queue and deadline < queue[-1][0]:
-            return False
-        queue.append((deadline, future, timeout))
+            return None
+        entry = [deadline, future, timeout]
+        queue.append(entry)
         timer = self._timer
         if timer is None or timer.when() > deadline:
             # None armed, or the one left armed when the queue emptied is later.
@@ -214,9 +217,9 @@ class DeadlineQueue:
                 timer.cancel()
             self._timer = self._loop.call_at(deadline, self._fire)
         elif len(queue) > self._compact_at:
-            self._queue = collections.deque(e for e in queue if not e[1].done())
+            self._queue = collections.deque(e for e in queue if not _spent(e))
             self._compact_at = max(self._compact_at, 2 * len(self._queue))
-        return True
+        return entry
 
     def _fire(self) -> None:
         self._timer = None
@@ -224,7 +227,7 @@ class DeadlineQueue:
         queue = self._queue
         while queue:
             deadline, future, timeout = queue[0]
-            if not future.done():
+            if future is not None and not future.done():
                 if deadline > now:
                     break
                 _expire(future, timeout)
@@ -237,6 +240,11 @@ class DeadlineQueue:
             self._timer.cancel()
             self._timer = None
         self._queue.clear()
+
+
+def _spent(entry: list[Any]) -> bool:
+    future = entry[1]
+    return future is None or bool(future.done())
 
 
 class ClientConnection(FramedConnection):
@@ -536,6 +544,7 @@ class Client:
             sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost")
         timer = None
+        entry = None  # the call's place in the shared deadline queue
         shared_timeout: float | None = None
         if t is not None:
             if session_free and not explicit and t == self.timeout:
@@ -576,8 +585,10 @@ class Client:
                     else:
                         conn.send(header, payload)
                 # The shared deadline is queued after the write, off the round trip.
-                if shared_timeout is not None and not conn.deadlines.add(future, shared_timeout):
-                    timer = loop.call_later(shared_timeout, _expire, future, shared_timeout)
+                if shared_timeout is not None:
+                    entry = conn.deadlines.add(future, shared_timeout)
+                    if entry is None:
+                        timer = loop.call_later(shared_timeout, _expire, future, shared_timeout)
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body
@@ -591,8 +602,10 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
+            if entry is not None:
+                entry[1] = None  # the queue keeps no reference to this call's reply
             # A reply already freed its session (event_received); the shared deadline
-            # queue drops finished calls when the next one is queued (off the round trip).
+            # queue drops spent entries when the next call is queued (off the round trip).
             if sessions._waiters or sessions.pending.get(session) is future:
                 sessions.release(session, future)
         self.methods.get_or_add(wire_id).record(

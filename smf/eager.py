@@ -93,6 +93,22 @@ class EagerTask:
     def get_name(self) -> str:
         return self.task.get_name() if self.task is not None else f"smf-eager-{id(self):x}"
 
+    # Private Task state that anyio's cancel scopes read (3.11) on whatever
+    # current_task() returned: before the first wait there is no real task, so they
+    # describe a task that runs and waits for nothing, with the cancels asked for.
+
+    @property
+    def _must_cancel(self) -> bool:
+        if self.task is not None:
+            return bool(self.task._must_cancel)  # type: ignore[attr-defined]
+        return self._cancels > 0
+
+    @property
+    def _fut_waiter(self) -> Any:
+        if self.task is not None:
+            return self.task._fut_waiter  # type: ignore[attr-defined]
+        return None
+
     def __getattr__(self, name: str) -> Any:
         # Anything else (add_done_callback, result, _fut_waiter, ...) is the real task's.
         task = object.__getattribute__(self, "task")

@@ -127,11 +127,13 @@ class ServerConnection(FramedConnection):
         self.refused = False
         self._partial_charge = 0
         self._last_of_read = True  # the request being dispatched ends what a read held
+        self._base_context = copy_context()  # replaced in connection_made
         # Idle sweeps: events_seen when a sweep last saw this connection busy, and when.
         self.idle_mark = (0, time.monotonic())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._base_context = copy_context()  # what every request's context starts from
         # Read once per connection: the verified client certificate, if any.
         self.identity = PeerIdentity.from_cert(transport.get_extra_info("peercert"))
         server = self.server
@@ -304,7 +306,10 @@ class ServerConnection(FramedConnection):
             return
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
         started = perf_counter_ns()
-        context = copy_context()
+        # A copy of the connection's own context, not of the current one: a request
+        # pulled when another handler ends runs inside that handler's task and
+        # context, and must not see (or change) its context variables.
+        context = self._base_context.copy()
         # The handler runs now, inside this read; it gets a task only if it waits.
         try:
             if frame.flags or frame.compression > _DISABLED or server.filters or _tracing.active():
@@ -322,21 +327,28 @@ class ServerConnection(FramedConnection):
                 context.run(current_call.set, ctx)
                 call: Coroutine[Any, Any, Payload]
                 try:
-                    call = handler(ctx, frame.body)  # type: ignore[assignment]
+                    # In the call's own context: a plain function handler may set
+                    # context variables or start tasks before returning its awaitable.
+                    call = context.run(handler, ctx, frame.body)  # type: ignore[arg-type]
                     if type(call) is not CoroutineType:
                         call = _awaiting(call)  # any awaitable will do, as with await
-                except Exception as exc:
+                except (Exception, asyncio.CancelledError) as exc:
                     call = _raising(exc)  # answered like an error raised inside the handler
                 done, value = run_eager(
-                    self.loop, call, context, self._answer, frame, cost, started
+                    self.loop, call, context, self._answer, frame, size, cost, started
                 )
                 if done:  # returned in its first step, the usual case: answer now
                     status: int = Status.OK
                     kind = type(value)
-                    if kind is memoryview:
-                        ok = value.c_contiguous and value.nbytes
+                    if kind is bytes or kind is bytearray:
+                        ok = bool(value)
+                    elif kind is memoryview:
+                        try:
+                            ok = value.c_contiguous and value.nbytes > 0
+                        except ValueError:  # released: _outcome says so
+                            ok = False
                     else:
-                        ok = (kind is bytes or kind is bytearray) and value
+                        ok = False
                     if ok:
                         size_out = self.reply(frame.session, status, value)
                     else:
@@ -367,26 +379,37 @@ class ServerConnection(FramedConnection):
         result: object,
         error: BaseException | None,
         frame: Frame,
+        size_in: int,
         cost: int,
         started_ns: int,
     ) -> None:
         """A plain call's handler ended, after waiting or by raising (``run_eager``'s
         ``then``): answer, record, and let the request go. Its budget was charged only
-        if it waited (it has a task)."""
-        status: int
-        body: Payload
-        if error is None:
-            status, body = self._outcome(result, frame.meta)
-        else:
-            status, body = self._failure(error, frame.meta)
-        waited = bool(self.in_flight) and self._forget_own_task()
+        if it waited (it has a task). ``size_in`` was read before the handler ran: it
+        may have released its request."""
+        waited = False
         try:
+            waited = bool(self.in_flight) and self._forget_own_task()  # before reply()
+            status, body = self._verdict(result, error, frame.meta)
             size_out = self.reply(frame.session, status, body)
             self.server.methods.get(frame.meta).record(
-                status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
+                status, perf_counter_ns() - started_ns, size_in, size_out
             )
         finally:
             self._finish(frame.body, cost if waited else 0)
+
+    def _verdict(
+        self, result: object, error: BaseException | None, wire_id: int
+    ) -> tuple[int, Payload]:
+        """The answer to a handler's result or error; a 500 if even that fails (an
+        exception whose ``str()`` raises, say), so that every call is answered."""
+        try:
+            if error is None:
+                return self._outcome(result, wire_id)
+            return self._failure(error, wire_id)
+        except Exception:
+            log.exception("answering wire id %d failed", wire_id)
+            return Status.INTERNAL_ERROR, b"internal error in smf server"
 
     def _refuse(self, frame: Frame, status: int, message: str) -> None:
         self.server.methods.get(frame.meta).record(status, 0, frame.body.nbytes, 0)
@@ -397,6 +420,7 @@ class ServerConnection(FramedConnection):
         server = self.server
         status: int = Status.OK
         body: memoryview = frame.body
+        size_in = body.nbytes  # now: the handler may release its request
         compression, flags = frame.compression, frame.flags
         ctx = CallContext(self.peer, frame.meta, frame.session, peer_identity=self.identity)
         dropped = False
@@ -435,11 +459,11 @@ class ServerConnection(FramedConnection):
                 self._finish(frame.body, cost)
         try:
             if server.filters:
-                await self._respond_filtered(ctx, status, result, frame.body.nbytes, started_ns)
+                await self._respond_filtered(ctx, status, result, size_in, started_ns)
             else:
                 size_out = self.reply(ctx.session, status, result)
                 server.methods.get(ctx.wire_id).record(
-                    status, perf_counter_ns() - started_ns, frame.body.nbytes, size_out
+                    status, perf_counter_ns() - started_ns, size_in, size_out
                 )
         finally:
             self._forget_own_task()  # the outgoing filters may have waited: a task now
@@ -451,10 +475,14 @@ class ServerConnection(FramedConnection):
             if result:
                 return Status.OK, result
         elif isinstance(result, memoryview):
-            if not result.c_contiguous:
+            try:
+                contiguous, nbytes = result.c_contiguous, result.nbytes
+            except ValueError as exc:  # released: reading it would be a use after free
+                return self._failure(exc, wire_id)
+            if not contiguous:
                 error = TypeError("handler returned a non-contiguous memoryview")
                 return self._failure(error, wire_id)
-            if result.nbytes:
+            if nbytes:
                 return Status.OK, result
         else:
             kind = type(result).__name__
@@ -465,7 +493,7 @@ class ServerConnection(FramedConnection):
     def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
         """The status and body that answer a handler's exception (logged unless it is
         an ``RpcError``, a 501 or a cancel)."""
-        if isinstance(exc, RpcError):
+        if isinstance(exc, RpcError) and 0 < exc.status <= _MASK32:
             return exc.status, _error_body(exc.status, exc.message)
         if isinstance(exc, NotImplementedError):
             return Status.NOT_IMPLEMENTED, _error_body(501, str(exc) or "method not implemented")
@@ -541,7 +569,7 @@ async def _awaiting(awaitable: Awaitable[Payload]) -> Payload:
     return await awaitable
 
 
-async def _raising(error: Exception) -> Payload:
+async def _raising(error: BaseException) -> Payload:
     raise error
 
 
