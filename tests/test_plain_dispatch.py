@@ -284,3 +284,37 @@ async def test_sequential_calls_leave_one_entry_in_the_deadline_queue(
         conn = client._conn
         assert conn is not None
         assert len(conn.deadlines) <= 1
+
+
+class _HugeStatus(smf.RpcError):
+    status = 2**40  # no header can carry it
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this error")
+
+
+@pytest.mark.parametrize("error", [_HugeStatus("too big"), _Unprintable()], ids=["status", "str"])
+async def test_an_error_that_cannot_be_answered_as_raised_is_a_500(
+    make_server: Any, make_client: Any, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every call is answered: an error with a status the header cannot carry, or one
+    whose text cannot be made, after a wait too, gives a 500 and leaves no task."""
+    server = await make_server()
+
+    async def raises_now(ctx: smf.CallContext, body: memoryview) -> smf.Payload:
+        raise error
+
+    async def raises_later(ctx: smf.CallContext, body: memoryview) -> smf.Payload:
+        await asyncio.sleep(0)
+        raise error
+
+    server.add_handler(0x0E0C0110, raises_now, "T.raises_now")
+    server.add_handler(0x0E0C0111, raises_later, "T.raises_later")
+    client = await make_client("127.0.0.1", server.port)
+    for wire_id in (0x0E0C0110, 0x0E0C0111):
+        with pytest.raises(smf.InternalError):
+            await client.call(wire_id, b"x")
+    assert not server.tasks and server.budget.used == 0
+    assert bytes(await client.call(0x0E0C0001, b"still served")) == b"still served"
