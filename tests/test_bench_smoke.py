@@ -39,6 +39,15 @@ def test_latency_bench_prints_table_and_json_for_both_systems() -> None:
             assert summary["p50_us"] <= summary["p99_us"] <= summary["p999_us"]
         assert len(result["runs"][system]) == 1
     assert set(result["ratio"]) == {"sequential", "window"}
+    # With one repeat, the paired ratio (median of per-repeat ratios) is that ratio.
+    for mode in ("sequential", "window"):
+        for key, value in result["ratio"][mode].items():
+            assert abs(result["paired_ratio"][mode][key] - value) < 1e-9
+    assert [t["ratio"] for t in result["targets"]] == [
+        result["paired_ratio"]["sequential"]["p50_us"],
+        result["paired_ratio"]["sequential"]["p99_us"],
+        result["paired_ratio"]["window"]["calls_per_s"],
+    ]
     assert [t["target"] for t in result["targets"]] == [
         "sequential p50 smf/raw",
         "sequential p99 smf/raw",
