@@ -16,8 +16,6 @@ from time import perf_counter_ns
 from types import CoroutineType, TracebackType
 from typing import Any
 
-import xxhash
-
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
@@ -35,13 +33,12 @@ from .wire import (
     Frame,
     FrameDecoder,
     Status,
+    checksum,
 )
 
 log = logging.getLogger("smf.server")
 
-_DISABLED = int(Compression.DISABLED)
-_xxh64 = xxhash.xxh64_intdigest  # checksum(), inline on the reply path
-_MASK32 = 0xFFFFFFFF
+_MAX_STATUS = 0xFFFFFFFF  # the header's meta field is a u32
 
 # Replies gathered inside one read are written once they reach this many bytes, even
 # before the read's last request is answered: the transport's write-side pause then
@@ -127,13 +124,14 @@ class ServerConnection(FramedConnection):
         self.refused = False
         self._partial_charge = 0
         self._last_of_read = True  # the request being dispatched ends what a read held
-        self._base_context = copy_context()  # replaced in connection_made
+        # What every request's context starts from: the context the loop creates the
+        # protocol and runs its callbacks in (a copy per request, see event_received).
+        self._base_context = copy_context()
         # Idle sweeps: events_seen when a sweep last saw this connection busy, and when.
         self.idle_mark = (0, time.monotonic())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._base_context = copy_context()  # what every request's context starts from
         # Read once per connection: the verified client certificate, if any.
         self.identity = PeerIdentity.from_cert(transport.get_extra_info("peercert"))
         server = self.server
@@ -176,12 +174,11 @@ class ServerConnection(FramedConnection):
         if len(self.in_flight) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
-        budget = server.budget
-        if budget.used >= budget.limit and self.in_flight:  # budget.exhausted, inline
+        if server.budget.exhausted and self.in_flight:
             # A connection with nothing in flight may still take one request, so one
             # peer that spent the budget cannot starve the others.
             server.stats.reads_paused += 1
-            budget.wait(self)
+            server.budget.wait(self)
             return False
         return True
 
@@ -237,10 +234,10 @@ class ServerConnection(FramedConnection):
 
     def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
         """Queue the answer to ``session``; returns the body's size."""
-        size = body.nbytes if type(body) is memoryview else len(body)  # payload_size, inline
+        size = payload_size(body)
         if not self.closed:
             out = self._out
-            out.append(HEADER.pack(compression, 0, session, size, _xxh64(body) & _MASK32, status))
+            out.append(HEADER.pack(compression, 0, session, size, checksum(body), status))
             out.append(body)
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
@@ -312,7 +309,12 @@ class ServerConnection(FramedConnection):
         context = self._base_context.copy()
         # The handler runs now, inside this read; it gets a task only if it waits.
         try:
-            if frame.flags or frame.compression > _DISABLED or server.filters or _tracing.active():
+            if (
+                frame.flags
+                or frame.compression > Compression.DISABLED
+                or server.filters
+                or _tracing.active()
+            ):
                 # Payload headers (metadata, a deadline), compression, filters or tracing:
                 # one coroutine (_serve) sees the call through.
                 server.budget.charge(cost)
@@ -338,26 +340,9 @@ class ServerConnection(FramedConnection):
                     self.loop, call, context, self._answer, frame, size, cost, started
                 )
                 if done:  # returned in its first step, the usual case: answer now
-                    status: int = Status.OK
-                    kind = type(value)
-                    if kind is bytes or kind is bytearray:
-                        ok = bool(value)
-                    elif kind is memoryview:
-                        try:
-                            ok = value.c_contiguous and value.nbytes > 0
-                        except ValueError:  # released: _outcome says so
-                            ok = False
-                    else:
-                        ok = False
-                    if ok:
-                        size_out = self.reply(frame.session, status, value)
-                    else:
-                        status, value = self._outcome(value, frame.meta)
-                        size_out = self.reply(frame.session, status, value)
-                    server.methods.get(frame.meta).record(
-                        status, perf_counter_ns() - started, size, size_out
-                    )
-                    self.release_after_flush(frame.body)
+                    status, body = self._outcome(value, frame.meta)
+                    self._respond(frame, status, body, size, started)
+                    self._finish(frame.body, 0)  # never charged: it waited for nothing
                     return
                 if value is None:
                     return  # its first step raised: answered already
@@ -391,12 +376,18 @@ class ServerConnection(FramedConnection):
         try:
             waited = bool(self.in_flight) and self._forget_own_task()  # before reply()
             status, body = self._verdict(result, error, frame.meta)
-            size_out = self.reply(frame.session, status, body)
-            self.server.methods.get(frame.meta).record(
-                status, perf_counter_ns() - started_ns, size_in, size_out
-            )
+            self._respond(frame, status, body, size_in, started_ns)
         finally:
             self._finish(frame.body, cost if waited else 0)
+
+    def _respond(
+        self, frame: Frame, status: int, body: Payload, size_in: int, started_ns: int
+    ) -> None:
+        """Reply to ``frame`` and record the call (for calls without outgoing filters)."""
+        size_out = self.reply(frame.session, status, body)
+        self.server.methods.get(frame.meta).record(
+            status, perf_counter_ns() - started_ns, size_in, size_out
+        )
 
     def _verdict(
         self, result: object, error: BaseException | None, wire_id: int
@@ -461,10 +452,7 @@ class ServerConnection(FramedConnection):
             if server.filters:
                 await self._respond_filtered(ctx, status, result, size_in, started_ns)
             else:
-                size_out = self.reply(ctx.session, status, result)
-                server.methods.get(ctx.wire_id).record(
-                    status, perf_counter_ns() - started_ns, size_in, size_out
-                )
+                self._respond(frame, status, result, size_in, started_ns)
         finally:
             self._forget_own_task()  # the outgoing filters may have waited: a task now
             self._finish(frame.body, cost)
@@ -493,7 +481,7 @@ class ServerConnection(FramedConnection):
     def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
         """The status and body that answer a handler's exception (logged unless it is
         an ``RpcError``, a 501 or a cancel)."""
-        if isinstance(exc, RpcError) and 0 < exc.status <= _MASK32:
+        if isinstance(exc, RpcError) and 0 < exc.status <= _MAX_STATUS:
             return exc.status, _error_body(exc.status, exc.message)
         if isinstance(exc, NotImplementedError):
             return Status.NOT_IMPLEMENTED, _error_body(501, str(exc) or "method not implemented")
