@@ -14,6 +14,8 @@ from time import perf_counter_ns
 from types import TracebackType
 from typing import Any, Final
 
+import xxhash
+
 from . import headers
 from . import tracing as _tracing
 from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
@@ -55,6 +57,9 @@ DEFAULT: Final = Default()
 """Sentinel: use the client's default timeout."""
 
 _CallResult = asyncio.Future[Frame]
+_xxh64: Final = xxhash.xxh64_intdigest
+_MASK32: Final = 0xFFFFFFFF
+_DISABLED: Final = int(Compression.DISABLED)
 
 
 class SessionTable:
@@ -254,7 +259,7 @@ class ClientConnection(FramedConnection):
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def event_received(self, event: Event) -> None:
-        future = self.sessions.pop(event.session)
+        future = self.sessions.pending.pop(event.session, None)
         if future is None or future.done():
             self.client.stats.late_replies += 1
             if isinstance(event, Frame):
@@ -525,7 +530,13 @@ class Client:
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
-        session = sessions.try_allocate(future)
+        pending = sessions.pending
+        session = sessions._next
+        if session in pending or len(pending) >= sessions.capacity:
+            session = sessions.try_allocate(future)
+        else:  # the next id is free: try_allocate's first step, inline
+            pending[session] = future
+            sessions._next = session + 1 if session < sessions.capacity else 1
         session_free = session != 0
         if not session:
             session = await self._wait_for_session(sessions, future, t)
@@ -542,7 +553,9 @@ class Client:
                 # What is left once the connection and a session were had.
                 t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
                 timer = loop.call_later(t, _expire, future, t)
-        size = payload_size(payload)
+        # Inlined (payload_size, checksum, SessionTable.release, ...): this runs for
+        # every call, between one reply's arrival and the next request's write.
+        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         try:
             if self.filters:
                 status, body = await self._exchange_filtered(
@@ -562,13 +575,14 @@ class Client:
                         (prefix, payload),
                     )
                 else:
-                    header = HEADER.pack(0, 0, session, size, checksum(payload), wire_id)
-                    if len(sessions) == 1 and not conn._out:
+                    header = HEADER.pack(0, 0, session, size, _xxh64(payload) & _MASK32, wire_id)
+                    if len(pending) == 1 and not conn._out:
                         # The only call in flight, nothing queued: there is nothing to
                         # batch it with, so it leaves now rather than one loop iteration
                         # later (an extra epoll_wait and callback, ~4 µs a call). Calls
                         # that join it in this iteration are queued and leave together.
-                        conn.send_now(header, payload)
+                        # conn.send_now, inline (the connection is open: checked above).
+                        conn.transport.writelines((header, payload))  # type: ignore[union-attr]
                     else:
                         conn.send(header, payload)
                 # The shared deadline is queued after the write, off the round trip.
@@ -579,7 +593,7 @@ class Client:
                 self.stats.calls += 1
                 frame = await future
                 status, body = frame.meta, frame.body
-                if frame.compression > Compression.DISABLED or frame.flags:
+                if frame.compression > _DISABLED or frame.flags:
                     status, body = _unwrap(
                         Message(frame.compression, frame.flags, frame.session, status, body)
                     )
@@ -591,9 +605,10 @@ class Client:
                 timer.cancel()
             if entry is not None:
                 entry[1] = None  # the queue keeps no reference to this call's reply
-            # The shared deadline queue drops spent entries when the next call is queued
-            # (off the round trip).
-            sessions.release(session, future)
+            # A reply already freed its session (event_received); the shared deadline
+            # queue drops spent entries when the next call is queued (off the round trip).
+            if sessions._waiters or sessions.pending.get(session) is future:
+                sessions.release(session, future)
         self.methods.get_or_add(wire_id).record(
             status, perf_counter_ns() - started, size, body.nbytes
         )

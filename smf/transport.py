@@ -162,7 +162,8 @@ class FramedConnection(asyncio.BufferedProtocol):
                     break
                 self.events_seen += 1
                 self.event_received(event)
-                if not gated and not decoder.mid_frame:
+                # (not decoder.mid_frame, inline: this is on a client's round trip)
+                if not gated and decoder._start == decoder._end and not decoder._skip:
                     # Nothing left and nothing that could hold us back (can_pull never
                     # paused reading): done without asking the decoder again. For a
                     # client, this is between a reply and the caller resuming.
