@@ -121,8 +121,8 @@ class ServerConnection(FramedConnection):
             server.body_timeout,
         )
         self.server = server
-        # The tasks of this connection's handlers that waited (the others never had one).
-        self.in_flight: set[asyncio.Task[None]] = set()
+        # in_flight (FramedConnection) holds the tasks of this connection's handlers
+        # that waited; the others never had one.
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
@@ -188,7 +188,7 @@ class ServerConnection(FramedConnection):
 
     def _after_pull(self) -> None:
         if not self.closed and (
-            self._partial_charge or self.decoder.allocated > self.server.buffer_size
+            self._partial_charge or len(self.decoder._buf) > self.server.buffer_size  # .allocated
         ):
             self._charge_partial()
 
@@ -240,26 +240,34 @@ class ServerConnection(FramedConnection):
         """Queue the answer to ``session``; returns the body's size."""
         size = body.nbytes if type(body) is memoryview else len(body)  # payload_size, inline
         if not self.closed:
+            header = HEADER.pack(compression, 0, session, size, _xxh64(body) & _MASK32, status)
             out = self._out
-            out.append(HEADER.pack(compression, 0, session, size, _xxh64(body) & _MASK32, status))
-            out.append(body)
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
-            if self._pulling:
-                # Inside a read: replies gather until the one to its last request, or
-                # until they are big enough that the transport should see them (so a
-                # peer that does not read its answers pauses us, and memory is bounded).
-                self._gathered += HEADER_SIZE + size
-                if self._last_of_read or self._gathered >= GATHER_LIMIT:
-                    self._gathered = 0
+            if self._pulling and self._last_of_read and not out:
+                # The one reply of this read (the usual case): straight to the transport.
+                # (With nothing queued, nothing waits for release either: see
+                # release_after_flush.)
+                self.transport.writelines((header, body))  # type: ignore[union-attr]
+            else:
+                out.append(header)
+                out.append(body)
+                if self._pulling:
+                    # Inside a read: replies gather until the one to its last request,
+                    # or until they are big enough that the transport should see them
+                    # (so a peer that does not read its answers pauses us, and memory
+                    # is bounded).
+                    self._gathered += HEADER_SIZE + size
+                    if self._last_of_read or self._gathered >= GATHER_LIMIT:
+                        self._gathered = 0
+                        self._flush()
+                elif not self.in_flight:
+                    # No other handler of this connection is running, so nothing else
+                    # would join this write in this iteration: send it now.
                     self._flush()
-            elif not self.in_flight:
-                # No other handler of this connection is running, so nothing else
-                # would join this write in this iteration: send it now.
-                self._flush()
-            elif self._flush_handle is None:
-                # Others still run: what they answer in this iteration leaves together.
-                self._flush_handle = self.loop.call_soon(self._flush)
+                elif self._flush_handle is None:
+                    # Others still run: what they answer in this iteration leaves together.
+                    self._flush_handle = self.loop.call_soon(self._flush)
         stats = self.server.stats
         responses = stats.responses
         responses[status] = responses.get(status, 0) + 1
@@ -285,7 +293,8 @@ class ServerConnection(FramedConnection):
             return
         frame = event
         # No further header buffered: this request's reply may leave at once.
-        self._last_of_read = self.decoder.buffered < HEADER_SIZE
+        decoder = self.decoder
+        self._last_of_read = decoder._end - decoder._start < HEADER_SIZE  # .buffered
         size = frame.body.nbytes
         stats.bytes_in += HEADER_SIZE + size
         handler = server.router.handlers.get(frame.meta)
@@ -654,6 +663,8 @@ class Server:
         self.filters: list[Filter] = list(filters)
         self.methods = MethodTable()
         self.max_body_size = max_body_size
+        if max_in_flight_per_connection < 1:
+            raise ValueError("max_in_flight_per_connection must be at least 1")
         self.max_in_flight_per_connection = max_in_flight_per_connection
         self.budget = ByteBudget(max_buffered_bytes)
         self.body_timeout = body_timeout

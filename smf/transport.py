@@ -25,6 +25,9 @@ class FramedConnection(asyncio.BufferedProtocol):
     ``frame_error`` (the peer broke the protocol) and may override ``can_pull`` to
     apply backpressure: while it returns False, no further events are pulled and the
     socket is not read; call ``resume_pulling`` when it may turn True again.
+    ``can_pull`` is asked only while the connection holds back something: a task in
+    ``in_flight`` or paused writing. With neither, it always pulls (so the common case,
+    a read whose requests are all answered inline, costs no call).
     """
 
     def __init__(self, decoder: FrameDecoder, body_timeout: float | None) -> None:
@@ -41,6 +44,9 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._stall_handle: asyncio.TimerHandle | None = None
+        # Work this connection started that has not ended (the server's waiting
+        # handlers); while any is, can_pull is asked before each event.
+        self.in_flight: set[asyncio.Task[None]] = set()
         self.events_seen = 0  # frames completed; the stall and idle timers watch it move
         self._pulling = False  # inside _pull: what is sent leaves when it ends
         self._gathered = 0  # bytes queued inside the current pull, not yet written
@@ -72,7 +78,12 @@ class FramedConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         # No clock read here: idleness is judged by whether frames arrive between two
         # sweeps (``events_seen``), which costs the read path nothing.
-        self.decoder.buffer_updated(nbytes)
+        decoder = self.decoder
+        end = decoder._end + nbytes
+        if decoder._into_scratch or end > len(decoder._buf) or nbytes < 0:
+            decoder.buffer_updated(nbytes)  # skipped bytes, or a misuse it reports
+        else:  # FrameDecoder.buffer_updated's usual case, inline: once per read
+            decoder._end = end
         self._pull()
 
     def eof_received(self) -> bool | None:
@@ -138,7 +149,7 @@ class FramedConnection(asyncio.BufferedProtocol):
             # Events go to event_received while can_pull allows; one loop, no helper
             # calls, as this runs for every read.
             while not self.closed:
-                if gated and not self.can_pull():
+                if gated and (self.in_flight or self._write_paused) and not self.can_pull():
                     self._pause_reading()
                     break
                 try:
@@ -154,7 +165,7 @@ class FramedConnection(asyncio.BufferedProtocol):
                     if (
                         self.body_timeout is not None
                         and self._stall_handle is None
-                        and decoder.mid_frame
+                        and (decoder._start != decoder._end or decoder._skip)  # mid_frame
                     ):
                         self._stall_handle = self.loop.call_later(
                             self.body_timeout, self._check_stall, self.events_seen
@@ -162,11 +173,16 @@ class FramedConnection(asyncio.BufferedProtocol):
                     break
                 self.events_seen += 1
                 self.event_received(event)
-                # (not decoder.mid_frame, inline: this is on a client's round trip)
-                if not gated and decoder._start == decoder._end and not decoder._skip:
-                    # Nothing left and nothing that could hold us back (can_pull never
-                    # paused reading): done without asking the decoder again. For a
-                    # client, this is between a reply and the caller resuming.
+                if (
+                    decoder._start == decoder._end
+                    and not decoder._skip
+                    and not self._reading_paused
+                    and not (gated and (self.in_flight or self._write_paused))
+                ):
+                    # Nothing buffered, nothing paused, nothing that could hold us back:
+                    # done without asking the decoder (or can_pull) again. For a client
+                    # this is between a reply and the caller resuming; for a server,
+                    # between a reply's write and the next read.
                     break
             self._after_pull()
         finally:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 import xxhash
 
@@ -110,19 +110,17 @@ def encode_frame(
     return encode_header(session, meta, body, compression, flags) + bytes(body)
 
 
-class Frame:
-    """One complete frame. ``body`` is a view into the decoder's buffer (see module doc)."""
+class Frame(NamedTuple):
+    """One complete frame. ``body`` is a view into the decoder's buffer (see module doc).
 
-    __slots__ = ("body", "compression", "flags", "meta", "session")
+    A named tuple: the decoder builds one per frame with a single C call (``_new_frame``),
+    where a class with ``__init__`` costs a Python frame on every request and reply."""
 
-    def __init__(
-        self, compression: int, flags: int, session: int, meta: int, body: memoryview
-    ) -> None:
-        self.compression = compression
-        self.flags = flags
-        self.session = session
-        self.meta = meta
-        self.body = body
+    compression: int
+    flags: int
+    session: int
+    meta: int
+    body: memoryview
 
     @property
     def size(self) -> int:
@@ -133,6 +131,9 @@ class Frame:
             f"Frame(session={self.session}, meta={self.meta}, size={self.size}, "
             f"compression={self.compression}, flags={self.flags})"
         )
+
+
+_new_frame: Final = tuple.__new__
 
 
 class OversizedFrame:
@@ -253,14 +254,10 @@ class FrameDecoder:
         if avail < HEADER_SIZE:
             return None
         compression, flags, session, size, csum, meta = HEADER.unpack_from(self._buf, start)
-        if not 0 <= compression <= 3:
-            self._fail(BadCompression(compression))
-        if flags & ~_KNOWN_FLAGS:
-            self._fail(BadFlags(flags))
-        if size == 0:
-            self._fail(BadSize(size))
-        if meta == 0:
-            self._fail(BadMeta(meta))
+        # One test for the four header faults (compression & ~3 is also non-zero for a
+        # negative byte); _bad_header names which.
+        if compression & ~3 or flags & ~_KNOWN_FLAGS or not size or not meta:
+            self._bad_header(compression, flags, size, meta)
         if size > self.max_body_size:
             if not self.skip_oversized:
                 self._fail(FrameTooLarge(size, self.max_body_size))
@@ -276,7 +273,7 @@ class FrameDecoder:
             body.release()
             self._fail(ChecksumMismatch(csum, actual))
         self._start = end
-        return Frame(compression, flags, session, meta, body)
+        return _new_frame(Frame, (compression, flags, session, meta, body))
 
     @property
     def mid_frame(self) -> bool:
@@ -294,6 +291,15 @@ class FrameDecoder:
         return self._end - self._start
 
     # ------------------------------------------------------------------ internals
+
+    def _bad_header(self, compression: int, flags: int, size: int, meta: int) -> NoReturn:
+        if not 0 <= compression <= 3:
+            self._fail(BadCompression(compression))
+        if flags & ~_KNOWN_FLAGS:
+            self._fail(BadFlags(flags))
+        if size == 0:
+            self._fail(BadSize(size))
+        self._fail(BadMeta(meta))
 
     def _fail(self, error: FrameError) -> NoReturn:
         self._error = error

@@ -22,7 +22,7 @@ import pytest
 
 import smf
 from smf.eager import run_eager, task_of
-from smf.wire import HEADER_SIZE
+from smf.wire import HEADER_SIZE, Frame, FrameDecoder, encode_frame
 
 PY311 = sys.version_info < (3, 12)
 
@@ -318,3 +318,19 @@ async def test_an_error_that_cannot_be_answered_as_raised_is_a_500(
             await client.call(wire_id, b"x")
     assert not server.tasks and server.budget.used == 0
     assert bytes(await client.call(0x0E0C0001, b"still served")) == b"still served"
+
+
+def test_max_in_flight_per_connection_must_allow_one() -> None:
+    # can_pull is consulted only while something is in flight: a cap of 0 could never
+    # be honoured, so it is refused up front.
+    with pytest.raises(ValueError, match="max_in_flight_per_connection"):
+        smf.Server(max_in_flight_per_connection=0)
+
+
+def test_frame_is_built_as_a_named_tuple() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(7, 9, b"abc"))
+    frame = decoder.next_event()
+    assert isinstance(frame, Frame)
+    assert (frame.session, frame.meta, frame.size, bytes(frame.body)) == (7, 9, 3, b"abc")
+    assert repr(frame) == "Frame(session=7, meta=9, size=3, compression=0, flags=0)"
