@@ -57,6 +57,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         # (A flag, not the bound method: that would make each connection a cycle, freed
         # only by the garbage collector, receive buffers and all.)
         self._gated = type(self).can_pull is not FramedConnection.can_pull
+        self._after_pull_hooked = type(self)._after_pull is not FramedConnection._after_pull
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -184,7 +185,8 @@ class FramedConnection(asyncio.BufferedProtocol):
                     # this is between a reply and the caller resuming; for a server,
                     # between a reply's write and the next read.
                     break
-            self._after_pull()
+            if self._after_pull_hooked:  # (not called otherwise: it is a Python call)
+                self._after_pull()
         finally:
             self._pulling = False
             if self._out:
