@@ -30,7 +30,7 @@ from .errors import (
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
 from .router import Payload, payload_size
-from .transport import FramedConnection
+from .transport import JOIN_LIMIT, FramedConnection
 from .wire import (
     FLAG_PAYLOAD_HEADERS,
     HEADER,
@@ -582,7 +582,10 @@ class Client:
                         # later (an extra epoll_wait and callback, ~4 µs a call). Calls
                         # that join it in this iteration are queued and leave together.
                         # conn.send_now, inline (the connection is open: checked above).
-                        conn.transport.writelines((header, payload))  # type: ignore[union-attr]
+                        if size <= JOIN_LIMIT:  # one buffer: see JOIN_LIMIT
+                            conn.transport.write(header + payload)  # type: ignore[union-attr]
+                        else:
+                            conn.transport.writelines((header, payload))  # type: ignore[union-attr]
                     else:
                         conn.send(header, payload)
                 # The shared deadline is queued after the write, off the round trip.

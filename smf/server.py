@@ -26,7 +26,7 @@ from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsuppor
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
 from .router import Handler, Payload, Service, ServiceRouter, payload_size
-from .transport import FramedConnection
+from .transport import JOIN_LIMIT, FramedConnection
 from .wire import (
     HEADER,
     HEADER_SIZE,
@@ -248,7 +248,10 @@ class ServerConnection(FramedConnection):
                 # The one reply of this read (the usual case): straight to the transport.
                 # (With nothing queued, nothing waits for release either: see
                 # release_after_flush.)
-                self.transport.writelines((header, body))  # type: ignore[union-attr]
+                if size <= JOIN_LIMIT:
+                    self.transport.write(header + body)  # type: ignore[union-attr]
+                else:
+                    self.transport.writelines((header, body))  # type: ignore[union-attr]
             else:
                 out.append(header)
                 out.append(body)

@@ -17,6 +17,12 @@ from .errors import FrameError
 from .router import Payload
 from .wire import Event, FrameDecoder
 
+JOIN_LIMIT = 4096
+"""Frames with a body up to this size are written as one ``bytes`` (header + body, a
+copy of at most this much) rather than as two buffers: uvloop sends a single buffer with
+one ``send``, while two cost a ``writev`` context and a memoryview cast per non-bytes
+buffer. Larger bodies are never copied."""
+
 
 class FramedConnection(asyncio.BufferedProtocol):
     """Base protocol: decoding, write coalescing, stall detection and read pausing.

@@ -268,19 +268,25 @@ def rss_bytes() -> int:
 
 
 class CallSpy:
-    """Wraps a transport and counts ``writelines`` calls (uvloop's transports are C types
-    whose methods cannot be patched, so the connection's ``transport`` is swapped)."""
+    """Wraps a transport and counts writes: ``writelines`` calls, and ``write`` calls (a
+    frame with a small body leaves as one joined buffer). uvloop's transports are C
+    types whose methods cannot be patched, so the connection's ``transport`` is swapped."""
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
-        self.writelines_calls = 0
-        self.frames_written = 0
+        self.writes = 0
+        self.buffers: list[int] = []  # how many buffers each write handed over
 
     def writelines(self, data: Any) -> None:
         data = list(data)
-        self.writelines_calls += 1
-        self.frames_written += len(data) // 2
+        self.writes += 1
+        self.buffers.append(len(data))
         self._transport.writelines(data)
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        self.buffers.append(1)
+        self._transport.write(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

@@ -402,21 +402,21 @@ async def test_calls_issued_in_one_iteration_leave_together(
     assert [bytes(r) for r in results] == payloads
     # The connection was idle, so the first call left at once (nothing to wait for);
     # the 99 issued after it in the same iteration left together, in one writev.
-    assert spy.writelines_calls == 2
+    assert spy.writes == 2
     # The server answers what it read together together, too.
-    assert 1 <= server_spy.writelines_calls <= 10
+    assert 1 <= server_spy.writes <= 10
     # Calls issued in separate iterations leave separately.
     for p in payloads[:3]:
         await client.call(kit.ECHO, p)
-    assert spy.writelines_calls == 5
+    assert spy.writes == 5
     # A burst issued while a call is in flight leaves in one writev: nothing goes
     # ahead of the batch.
     release = asyncio.create_task(client.call(kit.SLEEP, b"0.2"))
     await kit.wait_until(lambda: client.in_flight == 1)
-    before = spy.writelines_calls
+    before = spy.writes
     results = await asyncio.gather(*(client.call(kit.ECHO, p) for p in payloads))
     assert [bytes(r) for r in results] == payloads
-    assert spy.writelines_calls == before + 1
+    assert spy.writes == before + 1
     await release
 
 
@@ -440,3 +440,23 @@ async def test_response_above_client_max_body_size_is_payload_too_large(
     ] == [b"x" * 10] * 20
     assert client.connected
     assert client.stats.connection_losses == 0
+
+
+async def test_small_frames_leave_as_one_buffer_large_ones_uncopied(
+    echo_server: smf.Server, client: smf.Client, kit: Any
+) -> None:
+    # Header and body of a small frame are joined (uvloop sends one buffer with one
+    # send); a body above JOIN_LIMIT is handed over as is, never copied.
+    from smf.transport import JOIN_LIMIT
+
+    await client.call(kit.ECHO, b"warm")
+    (server_conn,) = echo_server.connections
+    conn = client._conn
+    assert conn is not None
+    spy = conn.transport = kit.CallSpy(conn.transport)
+    server_spy = server_conn.transport = kit.CallSpy(server_conn.transport)
+    for size in (1, JOIN_LIMIT, JOIN_LIMIT + 1, 100_000):
+        payload = bytes([size % 251]) * size
+        assert bytes(await client.call(kit.ECHO, payload)) == payload
+    assert spy.buffers == [1, 1, 2, 2]
+    assert server_spy.buffers == [1, 1, 2, 2]
