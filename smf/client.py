@@ -594,8 +594,6 @@ class Client:
                     if entry is None:
                         timer = loop.call_later(shared_timeout, _expire, future, shared_timeout)
                 self.stats.calls += 1
-                if self.methods.unsettled:  # earlier calls' counts, now that we wait
-                    self.methods.settle()
                 frame = await future
                 status, body = frame.meta, frame.body
                 if frame.compression > _DISABLED or frame.flags:
@@ -614,9 +612,8 @@ class Client:
             # queue drops spent entries when the next call is queued (off the round trip).
             if sessions._waiters or sessions.pending.get(session) is future:
                 sessions.release(session, future)
-        # Counted after the next call's write (or when the table is read): MethodTable.
-        self.methods.unsettled.append(
-            (wire_id, status, perf_counter_ns() - started, size, body.nbytes)
+        self.methods.get_or_add(wire_id).record(
+            status, perf_counter_ns() - started, size, body.nbytes
         )
         if status == 200:
             return body
@@ -674,8 +671,6 @@ class Client:
             async with asyncio.timeout(timeout):
                 await self._send_filtered(conn, session, wire_id, prefix, payload)
                 self.stats.calls += 1
-                if self.methods.unsettled:  # earlier calls' counts, now that we wait
-                    self.methods.settle()
                 frame = await future
                 message = Message(
                     frame.compression, frame.flags, frame.session, frame.meta, frame.body

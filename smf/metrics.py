@@ -95,33 +95,17 @@ class MethodStats:
 
 class MethodTable:
     """wire id → ``MethodStats``; unknown ids share one "unknown" row (no unbounded
-    growth from peers sending random ids).
-
-    A client does not count a call as it returns: it appends
-    ``(wire_id, status, latency_ns, bytes_in, bytes_out)`` to ``unsettled``, and its next
-    call counts it after that call's write, off the round trip (the caller has its
-    answer sooner). Every read through the table (``get``, ``get_or_add``, iterating)
-    settles them first, so what it returns is up to date.
-    """
+    growth from peers sending random ids)."""
 
     def __init__(self) -> None:
         self.methods: dict[int, MethodStats] = {}
         self.names: dict[int, str] = {}
         self.unknown = MethodStats(0, "unknown")
-        self.unsettled: list[tuple[int, int, int, int, int]] = []
 
     def name(self, wire_id: int, name: str) -> None:
         self.names[wire_id] = name
 
-    def settle(self) -> None:
-        """Count the calls in ``unsettled`` (on the event loop's thread)."""
-        rows, self.unsettled = self.unsettled, []
-        for wire_id, status, latency_ns, bytes_in, bytes_out in rows:
-            self._row(wire_id).record(status, latency_ns, bytes_in, bytes_out)
-
     def get(self, wire_id: int) -> MethodStats:
-        if self.unsettled:
-            self.settle()
         stats = self.methods.get(wire_id)
         if stats is None:
             name = self.names.get(wire_id)
@@ -132,11 +116,6 @@ class MethodTable:
 
     def get_or_add(self, wire_id: int) -> MethodStats:
         """For clients: every id they call is one they chose, so each gets a row."""
-        if self.unsettled:
-            self.settle()
-        return self._row(wire_id)
-
-    def _row(self, wire_id: int) -> MethodStats:
         stats = self.methods.get(wire_id)
         if stats is None:
             name = self.names.get(wire_id, str(wire_id))
@@ -144,8 +123,6 @@ class MethodTable:
         return stats
 
     def __iter__(self) -> Iterator[MethodStats]:
-        if self.unsettled:
-            self.settle()
         yield from self.methods.values()
         if self.unknown.calls:
             yield self.unknown

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final, NamedTuple, NoReturn
+from typing import Final, NoReturn
 
 import xxhash
 
@@ -110,17 +110,19 @@ def encode_frame(
     return encode_header(session, meta, body, compression, flags) + bytes(body)
 
 
-class Frame(NamedTuple):
-    """One complete frame. ``body`` is a view into the decoder's buffer (see module doc).
+class Frame:
+    """One complete frame. ``body`` is a view into the decoder's buffer (see module doc)."""
 
-    A named tuple: the decoder builds one per frame with a single C call (``_new_frame``),
-    where a class with ``__init__`` costs a Python frame on every request and reply."""
+    __slots__ = ("body", "compression", "flags", "meta", "session")
 
-    compression: int
-    flags: int
-    session: int
-    meta: int
-    body: memoryview
+    def __init__(
+        self, compression: int, flags: int, session: int, meta: int, body: memoryview
+    ) -> None:
+        self.compression = compression
+        self.flags = flags
+        self.session = session
+        self.meta = meta
+        self.body = body
 
     @property
     def size(self) -> int:
@@ -133,7 +135,7 @@ class Frame(NamedTuple):
         )
 
 
-_new_frame: Final = tuple.__new__
+_new_object: Final = object.__new__
 
 
 class OversizedFrame:
@@ -273,7 +275,14 @@ class FrameDecoder:
             body.release()
             self._fail(ChecksumMismatch(csum, actual))
         self._start = end
-        return _new_frame(Frame, (compression, flags, session, meta, body))
+        # Frame.__init__'s work without its Python frame (one per request and reply):
+        frame: Frame = _new_object(Frame)
+        frame.compression = compression
+        frame.flags = flags
+        frame.session = session
+        frame.meta = meta
+        frame.body = body
+        return frame
 
     @property
     def mid_frame(self) -> bool:

@@ -508,19 +508,3 @@ async def test_scrape_during_record_loses_no_sample(
         == n + 1
     )
     assert value(metrics, fam, f"{fam}_count", method="Echo.call") == n + 1
-
-
-async def test_client_counts_are_settled_whenever_the_table_is_read(
-    server: smf.Server, client: smf.Client
-) -> None:
-    # The client counts a call after the next call's write (off the round trip); every
-    # read through the table settles what is pending, so the last call always shows.
-    await client.call(ECHO, b"one")
-    assert client.methods.unsettled  # not counted yet: nothing has been written since
-    assert client.methods.get_or_add(ECHO).statuses == {200: 1}
-    assert not client.methods.unsettled
-    await client.call(ECHO, b"two")
-    await client.call(ECHO, b"three")  # its write settled "two"
-    assert len(client.methods.unsettled) == 1
-    assert [m.calls for m in client.methods] == [3]
-    assert client.methods.get(ECHO).bytes_in == len(b"onetwothree")

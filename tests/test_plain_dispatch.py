@@ -327,10 +327,17 @@ def test_max_in_flight_per_connection_must_allow_one() -> None:
         smf.Server(max_in_flight_per_connection=0)
 
 
-def test_frame_is_built_as_a_named_tuple() -> None:
+def test_decoded_frame_is_a_whole_frame_object() -> None:
+    # The decoder builds frames without calling Frame.__init__ (a Python frame per
+    # request): they must still be complete, hash and compare by identity, and be
+    # assignable, as frames built the usual way are.
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(7, 9, b"abc"))
-    frame = decoder.next_event()
-    assert isinstance(frame, Frame)
-    assert (frame.session, frame.meta, frame.size, bytes(frame.body)) == (7, 9, 3, b"abc")
+    decoder.receive_data(encode_frame(7, 9, b"abc") * 2)
+    frame, twin = decoder.next_event(), decoder.next_event()
+    assert isinstance(frame, Frame) and isinstance(twin, Frame)
+    assert (frame.compression, frame.flags, frame.session, frame.meta) == (0, 0, 7, 9)
+    assert bytes(frame.body) == b"abc" and frame.size == 3
     assert repr(frame) == "Frame(session=7, meta=9, size=3, compression=0, flags=0)"
+    assert frame != twin and len({frame, twin}) == 2
+    frame.session = 8
+    assert frame.session == 8
