@@ -47,6 +47,50 @@ def run(coro: Coroutine[Any, Any, Any], then: Ended) -> tuple[bool, Any]:
 # =========================================================================== run_eager
 
 
+@pytest.mark.skipif(not PY311, reason="the 3.11 path steps coroutines through drivers")
+async def test_drivers_are_reused_only_when_their_coroutine_returned() -> None:
+    # run_eager (3.11) steps each coroutine inside a driver generator, so that a return
+    # is not a StopIteration; a driver goes back to the pool only once its coroutine
+    # returned, and a coroutine started inside another's first step gets its own.
+    from smf import eager
+
+    async def quick(n: int) -> int:
+        return n
+
+    async def boom() -> int:
+        raise KeyError("boom")
+
+    async def nested() -> int:
+        done, value = run(quick(41), Ended())
+        assert done
+        return int(value) + 1
+
+    async def waits() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    eager._idle_drivers.clear()
+    for n in range(5):
+        assert run(quick(n), Ended()) == (True, n)
+    assert len(eager._idle_drivers) == 1  # one driver served them all
+
+    assert run(nested(), Ended()) == (True, 42)
+    assert len(eager._idle_drivers) == 2  # the nested call needed a second one
+
+    ended = Ended()
+    assert run(boom(), ended) == (False, None)
+    assert isinstance(ended.calls[0][1], KeyError)
+    assert len(eager._idle_drivers) == 1  # the one that raised is finished, not reused
+
+    ended = Ended()
+    done, handle = run(waits(), ended)
+    assert not done and len(eager._idle_drivers) == 0
+    await task_of(handle)
+    assert ended.calls == [(7, None, ("a", 1))]
+    assert len(eager._idle_drivers) == 1  # back once its coroutine returned
+    assert run(quick(9), Ended()) == (True, 9)
+
+
 async def test_a_coroutine_that_returns_at_once_is_answered_by_the_caller() -> None:
     async def quick() -> bytes:
         return b"now"
