@@ -227,6 +227,9 @@ class ServerConnection(FramedConnection):
         if error.field == "compression" and error.value == 0x16 and self.events_seen == 0:
             hint = " (0x16 opens a TLS handshake: the client speaks TLS, this listener does not)"
         log.warning("closing connection from %s: %s%s", self.peer, error, hint)
+        # Answers to the valid requests before the bad frame, gathered in this read,
+        # go first: only what follows the corruption is not to be trusted.
+        self.flush_now()
         self.abort()
 
     def stalled(self) -> None:

@@ -331,6 +331,31 @@ async def test_corrupt_frame_after_valid_ones_in_the_same_read(
     await kit.close_writer(writer)
 
 
+async def test_answers_gathered_before_a_corrupt_frame_are_sent_before_closing(
+    echo_server: smf.Server, kit: Any
+) -> None:
+    # Requests answered inline in the read that ends in a corrupt header are answered
+    # (their replies were gathered, waiting for the read's last request); nothing after
+    # the bad header is. Repeated: the close must not race the replies away.
+    for _ in range(20):
+        reader, writer = await kit.open_raw(echo_server)
+        writer.write(
+            kit.frame(1, kit.ECHO, b"abc")
+            + kit.frame(2, kit.ECHO, b"de")
+            + kit.raw_header(compression=7, size=1)
+            + b"x"
+        )
+        received = b""
+        async with asyncio.timeout(5):
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await reader.read(65536):
+                    received += chunk
+        assert len(received) == 2 * HEADER_SIZE + 5
+        assert received.endswith(b"de") and received[HEADER_SIZE : HEADER_SIZE + 3] == b"abc"
+        await kit.close_writer(writer)
+    assert echo_server.stats.bad_frames == 20
+
+
 # --------------------------------------------------------------------------- stalls
 
 
