@@ -232,8 +232,10 @@ else:
                 _enter_task(loop, outer)
         if type(out) is _Returned:
             handle._done = True
+            value = out.value
+            out.value = None  # the idle driver must not keep the result alive
             _idle_drivers.append(driver)
-            return True, out.value
+            return True, value
         carried = _CarryOn(loop, handle, coro, driver, out, then, args)
         task = handle.task = loop.create_task(carried, context=context)
         for _ in range(handle._cancels):  # each counts, as Task.cancelling() does
@@ -269,8 +271,10 @@ def _new_driver() -> Generator[Any, Any, None]:
 
 
 # Drivers between coroutines. Taken from while one runs, so that a coroutine started
-# from inside another's first step gets one of its own.
+# from inside another's first step gets one of its own. Handlers that waited hand theirs
+# back when they end, possibly thousands at once: beyond this many, they are dropped.
 _idle_drivers: list[Generator[Any, Any, None]] = []
+_MAX_IDLE_DRIVERS = 64
 
 
 class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
@@ -366,8 +370,10 @@ class _CarryOn(collections.abc.Coroutine[Any, Any, None]):
             else:
                 if type(out) is not _Returned:
                     return out  # what the coroutine waits for, up to the real task
-                _idle_drivers.append(self._driver)  # back at its first yield: reusable
                 ended = StopIteration(out.value)
+                out.value = None  # the idle driver must not keep the result alive
+                if len(_idle_drivers) < _MAX_IDLE_DRIVERS:
+                    _idle_drivers.append(self._driver)  # back at its yield: reusable
             handle._done = True  # returned or raised: it is over
             if self._then is None:
                 raise ended  # the task's own outcome

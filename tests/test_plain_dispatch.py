@@ -91,6 +91,37 @@ async def test_drivers_are_reused_only_when_their_coroutine_returned() -> None:
     assert run(quick(9), Ended()) == (True, 9)
 
 
+@pytest.mark.skipif(not PY311, reason="the 3.11 path steps coroutines through drivers")
+async def test_idle_drivers_keep_no_result_and_their_pool_is_bounded() -> None:
+    from smf import eager
+
+    class Result:
+        pass
+
+    async def quick() -> Result:
+        return Result()
+
+    async def waits() -> Result:
+        await asyncio.sleep(0)
+        return Result()
+
+    eager._idle_drivers.clear()
+    done, value = run(quick(), Ended())
+    assert done
+    gone = weakref.ref(value)
+    del value
+    assert gone() is None  # the driver, idle in the pool, does not hold it
+
+    ended = Ended()
+    handles = [run(waits(), ended)[1] for _ in range(eager._MAX_IDLE_DRIVERS + 50)]
+    await asyncio.gather(*(task_of(h) for h in handles))
+    assert len(ended.calls) == eager._MAX_IDLE_DRIVERS + 50
+    assert len(eager._idle_drivers) == eager._MAX_IDLE_DRIVERS  # the rest were dropped
+    results = [weakref.ref(result) for result, _, _ in ended.calls]
+    ended.calls.clear()
+    assert all(r() is None for r in results)
+
+
 async def test_a_coroutine_that_returns_at_once_is_answered_by_the_caller() -> None:
     async def quick() -> bytes:
         return b"now"
