@@ -581,7 +581,8 @@ class Client:
                         # batch it with, so it leaves now rather than one loop iteration
                         # later (an extra epoll_wait and callback, ~4 µs a call). Calls
                         # that join it in this iteration are queued and leave together.
-                        # conn.send_now, inline (the connection is open: checked above).
+                        # The connection is open (checked above). The server's reply()
+                        # writes its one reply of a read the same way.
                         if size <= JOIN_LIMIT:  # one buffer: see JOIN_LIMIT
                             conn.transport.write(header + payload)  # type: ignore[union-attr]
                         else:

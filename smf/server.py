@@ -367,11 +367,9 @@ class ServerConnection(FramedConnection):
                             ok = False
                     else:
                         ok = False
-                    if ok:
-                        size_out = self.reply(frame.session, status, value)
-                    else:
+                    if not ok:
                         status, value = self._outcome(value, frame.meta)
-                        size_out = self.reply(frame.session, status, value)
+                    size_out = self.reply(frame.session, status, value)
                     server.methods.get(frame.meta).record(
                         status, perf_counter_ns() - started, size, size_out
                     )
@@ -821,11 +819,11 @@ class Server:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            await asyncio.wait(self._running_tasks(), timeout=left)
+            await asyncio.wait(list(self.tasks), timeout=left)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
-            await asyncio.wait(self._running_tasks(), timeout=1.0)
+            await asyncio.wait(list(self.tasks), timeout=1.0)
         await asyncio.sleep(0)  # let the last replies' flush run
         for conn in list(self.connections):
             conn.close()
@@ -838,10 +836,6 @@ class Server:
             if not self.connections:
                 break
             await asyncio.sleep(0.01)
-
-    def _running_tasks(self) -> list[asyncio.Task[None]]:
-        """The asyncio tasks of handlers still running (they all waited at least once)."""
-        return list(self.tasks)
 
     async def __aenter__(self) -> Server:
         return self

@@ -5,7 +5,7 @@ the decoder's buffer (``get_buffer``/``buffer_updated``), frames are pulled one 
 time so a subclass can stop pulling (backpressure) without dropping bytes, and
 outgoing frames queued in one event-loop iteration leave in one ``writelines``
 (one ``writev`` on uvloop). Frames queued while a read is processed leave when it
-ends; ``send_now`` writes at once, for a frame with nothing to batch it with.
+ends.
 """
 
 from __future__ import annotations
@@ -237,11 +237,6 @@ class FramedConnection(asyncio.BufferedProtocol):
         out.append(body)
         if self._flush_handle is None and not self._pulling:
             self._flush_handle = self.loop.call_soon(self._flush)
-
-    def send_now(self, header: bytes, body: Payload) -> None:
-        """Write one frame at once, ahead of nothing: only when nothing is queued."""
-        if not self.closed and self.transport is not None:
-            self.transport.writelines((header, body))
 
     def send_parts(self, header: bytes, parts: tuple[Payload, ...]) -> None:
         """Queue one frame whose body is ``parts`` back to back (no join, no copy)."""

@@ -156,7 +156,7 @@ async def test_call_on_a_connection_already_lost_raises_connection_lost(
     make_server: Any, kit: Any
 ) -> None:
     """The inlined session fast path skips the ``conn.closed`` check that followed
-    session allocation: the frame is dropped by ``send_now`` (closed), the session was
+    session allocation: the frame is dropped (the connection is closed), the session was
     registered in a table nobody will fail, and the call waits for its timeout (forever
     with ``timeout=None``) instead of raising ``ConnectionLost``."""
     server = await make_server(max_connections=0)  # every connection is refused (aborted)
