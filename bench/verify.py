@@ -46,8 +46,8 @@ import flatbuffers
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codegen.generate import generate  # noqa: E402
 from smf.verify import Verifier  # noqa: E402
+from smfc.generate import generate  # noqa: E402
 
 
 def _time(fn: Callable[[], object], repeats: int, min_time: float) -> float:

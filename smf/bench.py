@@ -101,8 +101,8 @@ def resolve_target(
 ) -> Target:
     """The wire id of ``Service.Method`` in ``schema`` and ``data`` (JSON) encoded as its
     request type by flatc."""
-    from codegen.bfbs import read_schema
-    from codegen.flatc import FlatcError, binary_schema, find_flatc
+    from smfc.bfbs import read_schema
+    from smfc.flatc import FlatcError, binary_schema, find_flatc
 
     includes = include_dirs or []
     if "." not in method:

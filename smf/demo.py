@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         stubs = Path(tmp) / "stubs"
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "codegen.cli", "-o", str(stubs), str(SCHEMA)],
+            [sys.executable, "-m", "smfc.cli", "-o", str(stubs), str(SCHEMA)],
             check=True,
             cwd=ROOT,
         )

@@ -20,8 +20,8 @@ from types import ModuleType
 
 import pytest
 
-from codegen.cli import main as smfc_main
-from codegen.flatc import find_flatc
+from smfc.cli import main as smfc_main
+from smfc.flatc import find_flatc
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -24,10 +24,10 @@ from smfc_testlib import (
     snapshot,
 )
 
-from codegen.bfbs import BfbsError, read_schema
-from codegen.flatc import FlatcError, find_flatc, version
-from codegen.generate import SchemaError, generate, render
-from codegen.model import BaseType, crc32
+from smfc.bfbs import BfbsError, read_schema
+from smfc.flatc import FlatcError, find_flatc, version
+from smfc.generate import SchemaError, generate, render
+from smfc.model import BaseType, crc32
 
 pytest_plugins = ["smfc_testlib"]  # its fixtures: smfc_corpus, flatc_exe
 

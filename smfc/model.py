@@ -1,6 +1,6 @@
 """What smfc knows about a schema: the types and services flatc parsed, and the wire ids.
 
-The model is filled from flatc's binary schema (``codegen.bfbs``) and read by the
+The model is filled from flatc's binary schema (``smfc.bfbs``) and read by the
 renderers. Names are kept exactly as flatc reports them: ``Object.name`` and
 ``Service.name`` are fully qualified with dots (``smf_gen.demo.Request``).
 """

@@ -1,4 +1,4 @@
-"""Reads flatc's binary schema (``flatc -b --schema``, reflection.fbs) into ``codegen.model``.
+"""Reads flatc's binary schema (``flatc -b --schema``, reflection.fbs) into ``smfc.model``.
 
 The reader is a few typed lines over ``struct`` instead of flatc-generated Python for
 reflection.fbs: smfc needs a dozen fields, flatc's Python output is untyped, and

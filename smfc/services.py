@@ -282,7 +282,7 @@ def _signature(service: Service, method: Method) -> str:
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("codegen", "templates"),
+        loader=jinja2.PackageLoader("smfc", "templates"),
         autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -1,6 +1,6 @@
 """smfc: FlatBuffers IDL -> typed smf server and client stubs for Python.
 
-``smfc -o OUT schema.fbs`` (see ``codegen.cli``) or, from Python, ``generate``.
+``smfc -o OUT schema.fbs`` (see ``smfc.cli``) or, from Python, ``generate``.
 """
 
 from __future__ import annotations
