@@ -1,4 +1,5 @@
-"""``python -m smf COMMAND``."""
+"""``python -m smf COMMAND``: a shim for the ``smf`` command, which lives in ``smf_tools``
+(the runtime itself never imports the tools or the generator)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    commands = {"demo": "smf.demo", "bench": "smf.bench"}
-    if not args or args[0] not in commands:
-        print(f"usage: smf {{{','.join(commands)}}} [options]", file=sys.stderr)
-        return 2
-    import importlib
+    from smf_tools.cli import main as tools_main
 
-    module = importlib.import_module(commands[args[0]])
-    result: int = module.main(args[1:])
-    return result
+    return tools_main(argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +37,7 @@ def demo_port() -> Iterator[int]:
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "smf", "bench", *args],
+        [sys.executable, "-m", "smf_tools", "bench", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -63,7 +66,6 @@ def test_json_output_on_a_live_server(demo_port: int) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result) == {"calls", "errors", "calls_per_s", "latency_us"}
     assert result["calls"] == 400
     assert result["errors"] == {}
     assert result["calls_per_s"] > 0
@@ -145,8 +147,8 @@ def test_unreachable_server_is_a_clear_error() -> None:
     assert f"cannot connect to 127.0.0.1:{port}" in proc.stderr
 
 
-def test_errors_are_counted_by_status(tmp_path: Path) -> None:
-    # A schema whose service the demo server does not serve: every call is a 404.
+def test_a_method_the_server_lacks_is_named_not_loaded(tmp_path: Path) -> None:
+    # A schema whose service the demo server does not serve: its first call is a 404.
     schema = tmp_path / "other.fbs"
     schema.write_text("namespace other; table Q { a: int; } rpc_service Other { Call(Q): Q; }\n")
     proc = subprocess.Popen(
@@ -172,13 +174,12 @@ def test_errors_are_counted_by_status(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    assert out.returncode == 1
-    result = json.loads(out.stdout)
-    assert result["errors"] == {"404": 20}
-    assert result["calls"] == 0
+    assert out.returncode == 2, out.stdout
+    assert "Other.Call" in out.stderr and "no such method on the server" in out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
 
 
-def test_demo_main_job_runs() -> None:
+def test_demo_main_job_runs_from_a_checkout() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "smf", "demo", "--calls", "300"],
         capture_output=True,
@@ -187,5 +188,126 @@ def test_demo_main_job_runs() -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "1. smfc idl/demo.fbs" in proc.stdout
+    assert "1. smfc demo.fbs" in proc.stdout
     assert proc.stdout.count("errors     none") == 2
+
+
+def test_demo_ships_the_checkouts_schema_and_server() -> None:
+    # `smf demo` runs from package data, so it works installed; these copies must not drift.
+    data = ROOT / "smf_tools" / "data"
+    assert (data / "demo.fbs").read_bytes() == SCHEMA.read_bytes()
+    assert (data / "demo_server.py").read_bytes() == SERVER.read_bytes()
+
+
+def test_help_lists_every_command_with_one_line() -> None:
+    from smf_tools.cli import COMMANDS
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "smf", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for name, (_module, text) in COMMANDS.items():
+        assert [line for line in lines if line.split() == [name, *text.split()]], name
+    assert {"demo", "bench"} <= set(COMMANDS)
+
+
+def test_json_records_what_was_asked(demo_port: int) -> None:
+    proc = bench(
+        f"127.0.0.1:{demo_port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Put",
+        "--data",
+        '{"name": "x"}',
+        "--calls",
+        "50",
+        "--rate",
+        "5000",
+        "--concurrency",
+        "3",
+        "--connections",
+        "2",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["method"] == "SmfStorage.Put"
+    assert result["schema"] == str(SCHEMA)
+    assert result["target_rate"] == 5000
+    assert (result["connections"], result["concurrency"]) == (2, 3)
+    assert result["address"] == f"127.0.0.1:{demo_port}"
+
+
+def test_rate_below_target_warns_and_is_recorded(demo_port: int) -> None:
+    # One caller cannot send a million calls a second: the run must say it fell short.
+    proc = bench(
+        f"127.0.0.1:{demo_port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Get",
+        "--data",
+        '{"name": "x"}',
+        "--calls",
+        "300",
+        "--rate",
+        "1000000",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["below_target_rate"] is True
+    (warning,) = result["warnings"]
+    assert "below the target --rate 1000000" in warning and "--concurrency" in warning
+    assert "warning: achieved" in proc.stderr
+
+
+class _Peer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@pytest.fixture(params=["garbage", "silent"])
+def not_smf_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A TCP peer on 127.0.0.1 that does not speak smf: it answers every request with an
+    HTTP error page, or reads and never answers."""
+    answer = request.param == "garbage"
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            conn: socket.socket = self.request
+            while conn.recv(65536):
+                if answer:
+                    conn.sendall(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                        b"Content-Length: 11\r\n\r\nBad Request"
+                    )
+
+    server = _Peer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_peer_that_does_not_speak_smf_fails_fast(not_smf_port: int) -> None:
+    # Before: every call waited its timeout (or failed) in turn, for hours with no output.
+    proc = bench(
+        f"127.0.0.1:{not_smf_port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Get",
+        "--data",
+        "{}",
+        "--timeout",
+        "2",
+    )
+    assert proc.returncode == 2, proc.stdout
+    assert f"127.0.0.1:{not_smf_port} sent no valid smf frame" in proc.stderr
+    assert "is it an smf server?" in proc.stderr and "Traceback" not in proc.stderr

@@ -28,12 +28,18 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from .client import Client
-from .errors import ConnectionLost, RpcError
-from .loop import run
-from .metrics import LatencyRecorder
+from smf.client import Client
+from smf.errors import ConnectionLost, DeadlineExceeded, NotFound, RpcError
+from smf.loop import run
+from smf.metrics import LatencyRecorder
 
 PERCENTILES = (50.0, 75.0, 90.0, 99.0, 99.9, 99.99)
+
+# Below this fraction of ``--rate``, the run did not deliver the load it was asked for.
+RATE_SHORTFALL = 0.95
+
+# What an error status means for a bench run (printed next to its count).
+STATUS_MEANING = {"404": "no such method on the server"}
 
 
 class BenchError(Exception):
@@ -45,6 +51,7 @@ class Target:
     wire_id: int
     request: bytes
     method: str  # "Service.Method"
+    schema: str = ""
 
 
 @dataclass
@@ -84,11 +91,34 @@ class BenchResult:
         out["max"] = float(h.get_max_value())
         return out
 
-    def to_json(self) -> dict[str, Any]:
+    def below_target_rate(self, spec: LoadSpec) -> bool:
+        return spec.rate is not None and self.calls_per_s < spec.rate * RATE_SHORTFALL
+
+    def warnings(self, spec: LoadSpec) -> list[str]:
+        """What the user must know to read the numbers right."""
+        out: list[str] = []
+        if spec.rate is not None and self.below_target_rate(spec):
+            callers = spec.connections * spec.concurrency
+            out.append(
+                f"achieved {self.calls_per_s:,.0f} calls/s, below the target --rate "
+                f"{spec.rate:.12g}: {callers} caller(s) could not keep up (each has one call "
+                "in flight); raise --concurrency or --connections"
+            )
+        return out
+
+    def to_json(self, spec: LoadSpec) -> dict[str, Any]:
         return {
+            "method": spec.target.method,
+            "schema": spec.target.schema,
+            "address": f"{spec.host}:{spec.port}",
+            "connections": spec.connections,
+            "concurrency": spec.concurrency,
+            "target_rate": spec.rate,
             "calls": self.calls,
             "errors": dict(sorted(self.errors.items())),
             "calls_per_s": round(self.calls_per_s, 1),
+            "below_target_rate": self.below_target_rate(spec),
+            "warnings": self.warnings(spec),
             "latency_us": self.latency_us(),
         }
 
@@ -129,7 +159,7 @@ def resolve_target(
             request = encode_json(flatc, schema, includes, m.request.name, data, Path(tmp))
         except BenchError as exc:
             raise BenchError(f"--data is not a valid {m.request.name}: {exc}") from exc
-    return Target(service.wire_id(m), request, f"{service.short_name}.{m.name}")
+    return Target(service.wire_id(m), request, f"{service.short_name}.{m.name}", str(schema))
 
 
 def encode_json(
@@ -161,6 +191,12 @@ async def run_load(spec: LoadSpec) -> BenchResult:
     except ConnectionLost as exc:
         raise BenchError(str(exc)) from exc
     target = spec.target
+    try:
+        await _probe(spec, clients[0])
+    except BenchError:
+        for c in clients:
+            await c.close()
+        raise
     callers = spec.connections * spec.concurrency
     issued = 0
     warm = 0
@@ -231,6 +267,26 @@ async def run_load(spec: LoadSpec) -> BenchResult:
     return result
 
 
+async def _probe(spec: LoadSpec, client: Client) -> None:
+    """One call before the load: a peer that does not speak smf, or lacks the method,
+    stops the run at once with a clear message instead of failing every call."""
+    address = f"{spec.host}:{spec.port}"
+    try:
+        await client.call(spec.target.wire_id, spec.target.request, timeout=spec.timeout)
+    except NotFound as exc:
+        raise BenchError(
+            f"{spec.target.method} (wire id {spec.target.wire_id}): no such method on the "
+            f"server at {address} (404{': ' + exc.message if exc.message else ''})"
+        ) from exc
+    except (DeadlineExceeded, ConnectionLost) as exc:
+        raise BenchError(
+            f"{address} sent no valid smf frame within the first call's timeout "
+            f"({spec.timeout:g}s; --timeout): is it an smf server? ({exc})"
+        ) from exc
+    except RpcError:
+        pass  # the peer speaks smf; the run counts its error statuses
+
+
 async def _progress(spec: LoadSpec, result: BenchResult, start: float) -> None:
     width = 30
     while True:
@@ -273,7 +329,13 @@ def format_table(spec: LoadSpec, result: BenchResult) -> str:
         f"  calls/s    {result.calls_per_s:>14,.0f}",
     ]
     if result.errors:
-        lines.append("  errors     " + ", ".join(f"{k}: {v}" for k, v in result.errors.items()))
+        lines.append(
+            "  errors     "
+            + ", ".join(
+                f"{k}: {v}" + (f" ({STATUS_MEANING[k]})" if k in STATUS_MEANING else "")
+                for k, v in result.errors.items()
+            )
+        )
     else:
         lines.append("  errors     none")
     return "\n".join(lines)
@@ -366,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.hgrm:
         write_hgrm(result, args.hgrm)
+    for warning in result.warnings(spec):
+        print(f"smf bench: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps(result.to_json(spec)))
     else:
         print(format_table(spec, result))
     return 0 if not result.errors else 1
