@@ -5,6 +5,12 @@ and this collector reads them when Prometheus scrapes.
 
     exporter = MetricsExporter(servers=[server])
     port = exporter.start_http_server(9100)
+
+Every series carries the instance it comes from, so several servers and clients in one
+process never collide: a ``server`` label on ``smf_server_*`` and a ``client`` label on
+``smf_client_*``. Its value is the instance's position in the list (``"0"``, ``"1"``, ...)
+or, when they are given as a mapping, its name:
+``MetricsExporter(servers={"public": s1, "admin": s2}, clients={"db": c})``.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -26,6 +33,8 @@ from prometheus_client.core import (
 from .client import Client, ClientStats
 from .metrics import LatencyRecorder, MethodTable
 from .server import Server, ServerStats
+
+T = TypeVar("T")
 
 # Bucket upper bounds in seconds for the latency histograms (25 µs .. 10 s).
 BUCKETS = (
@@ -66,8 +75,15 @@ class _MethodRow:
 
 @dataclass
 class _Snapshot:
-    servers: list[tuple[ServerStats, int, list[_MethodRow]]]
-    clients: list[tuple[ClientStats, list[_MethodRow]]]
+    servers: list[tuple[str, ServerStats, int, list[_MethodRow]]]
+    clients: list[tuple[str, ClientStats, list[_MethodRow]]]
+
+
+def _named(items: Sequence[T] | Mapping[str, T]) -> dict[str, T]:
+    """Instance label value -> instance: the mapping's keys, or positions as strings."""
+    if isinstance(items, Mapping):
+        return {str(name): item for name, item in items.items()}
+    return {str(i): item for i, item in enumerate(items)}
 
 
 def _rows(table: MethodTable) -> list[_MethodRow]:
@@ -79,14 +95,17 @@ class MetricsExporter:
 
     def __init__(
         self,
-        servers: Sequence[Server] = (),
-        clients: Sequence[Client] = (),
+        servers: Sequence[Server] | Mapping[str, Server] = (),
+        clients: Sequence[Client] | Mapping[str, Client] = (),
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         """Create it on the event loop that runs ``servers`` and ``clients`` (or pass
-        ``loop``): scrapes from other threads read the counters on that loop."""
-        self.servers = list(servers)
-        self.clients = list(clients)
+        ``loop``): scrapes from other threads read the counters on that loop. A mapping
+        names each instance (its ``server``/``client`` label); a list numbers them."""
+        self.named_servers = _named(servers)
+        self.named_clients = _named(clients)
+        self.servers = list(self.named_servers.values())
+        self.clients = list(self.named_clients.values())
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -115,9 +134,13 @@ class MetricsExporter:
         """Copy what is needed; runs on the event loop, so nothing changes meanwhile."""
         return _Snapshot(
             servers=[
-                (dataclasses.replace(s.stats), len(s.tasks), _rows(s.methods)) for s in self.servers
+                (name, dataclasses.replace(s.stats), len(s.tasks), _rows(s.methods))
+                for name, s in self.named_servers.items()
             ],
-            clients=[(dataclasses.replace(c.stats), _rows(c.methods)) for c in self.clients],
+            clients=[
+                (name, dataclasses.replace(c.stats), _rows(c.methods))
+                for name, c in self.named_clients.items()
+            ],
         )
 
     def _take_snapshot(self) -> _Snapshot:
@@ -137,58 +160,72 @@ class MetricsExporter:
 
     def collect(self) -> Iterator[Metric]:
         snap = self._take_snapshot()
-        conns = GaugeMetricFamily("smf_server_connections", "Open server connections")
-        accepted = CounterMetricFamily("smf_server_connections_accepted", "Accepted connections")
-        in_flight = GaugeMetricFamily("smf_server_in_flight", "Requests being served")
-        bad = CounterMetricFamily("smf_server_bad_frames", "Connections closed for a bad frame")
-        stalled = CounterMetricFamily("smf_server_stalled", "Connections dropped mid-frame")
-        no_route = CounterMetricFamily("smf_server_no_route", "Requests for unknown wire ids")
-        too_large = CounterMetricFamily("smf_server_too_large", "Requests refused with 413")
+        srv = ["server"]
+        conns = GaugeMetricFamily("smf_server_connections", "Open server connections", labels=srv)
+        accepted = CounterMetricFamily(
+            "smf_server_connections_accepted", "Accepted connections", labels=srv
+        )
+        in_flight = GaugeMetricFamily("smf_server_in_flight", "Requests being served", labels=srv)
+        bad = CounterMetricFamily(
+            "smf_server_bad_frames", "Connections closed for a bad frame", labels=srv
+        )
+        stalled = CounterMetricFamily(
+            "smf_server_stalled", "Connections dropped mid-frame", labels=srv
+        )
+        no_route = CounterMetricFamily(
+            "smf_server_no_route", "Requests for unknown wire ids", labels=srv
+        )
+        too_large = CounterMetricFamily(
+            "smf_server_too_large", "Requests refused with 413", labels=srv
+        )
         bytes_io = CounterMetricFamily(
-            "smf_server_bytes", "Bytes received and sent", labels=["direction"]
+            "smf_server_bytes", "Bytes received and sent", labels=[*srv, "direction"]
         )
         requests = CounterMetricFamily(
-            "smf_server_requests", "Requests answered", labels=["method", "status"]
+            "smf_server_requests", "Requests answered", labels=[*srv, "method", "status"]
         )
         latency = HistogramMetricFamily(
-            "smf_server_latency_seconds", "Server-side request latency", labels=["method"]
+            "smf_server_latency_seconds", "Server-side request latency", labels=[*srv, "method"]
         )
-        for st, running, rows in snap.servers:
-            conns.add_metric([], st.connections_open)
-            accepted.add_metric([], st.connections_accepted)
-            in_flight.add_metric([], running)
-            bad.add_metric([], st.bad_frames)
-            stalled.add_metric([], st.stalled_connections)
-            no_route.add_metric([], st.no_route)
-            too_large.add_metric([], st.oversized_requests)
-            bytes_io.add_metric(["in"], st.bytes_in)
-            bytes_io.add_metric(["out"], st.bytes_out)
+        for name, st, running, rows in snap.servers:
+            conns.add_metric([name], st.connections_open)
+            accepted.add_metric([name], st.connections_accepted)
+            in_flight.add_metric([name], running)
+            bad.add_metric([name], st.bad_frames)
+            stalled.add_metric([name], st.stalled_connections)
+            no_route.add_metric([name], st.no_route)
+            too_large.add_metric([name], st.oversized_requests)
+            bytes_io.add_metric([name, "in"], st.bytes_in)
+            bytes_io.add_metric([name, "out"], st.bytes_out)
             for row in rows:
                 for status, n in sorted(row.statuses.items()):
-                    requests.add_metric([row.name, str(status)], n)
+                    requests.add_metric([name, row.name, str(status)], n)
                 row.recorder.fold(row.fresh)
                 buckets, total = _buckets(row.recorder.totals)
-                latency.add_metric([row.name], buckets, total)
+                latency.add_metric([name, row.name], buckets, total)
         yield from (conns, accepted, in_flight, bad, stalled, no_route, too_large, bytes_io)
         yield from (requests, latency)
 
+        cli = ["client"]
         calls = CounterMetricFamily(
-            "smf_client_calls", "Calls completed", labels=["method", "status"]
+            "smf_client_calls", "Calls completed", labels=[*cli, "method", "status"]
         )
         client_latency = HistogramMetricFamily(
-            "smf_client_latency_seconds", "Client-side call latency", labels=["method"]
+            "smf_client_latency_seconds", "Client-side call latency", labels=[*cli, "method"]
         )
-        timeouts = CounterMetricFamily("smf_client_timeouts", "Calls that timed out")
-        late = CounterMetricFamily("smf_client_late_replies", "Replies after timeout/cancel")
-        for cst, rows in snap.clients:
-            timeouts.add_metric([], cst.timeouts)
-            late.add_metric([], cst.late_replies)
+        timeouts = CounterMetricFamily("smf_client_timeouts", "Calls that timed out", labels=cli)
+        late = CounterMetricFamily(
+            "smf_client_late_replies", "Replies after timeout/cancel", labels=cli
+        )
+        for name, cst, rows in snap.clients:
+            timeouts.add_metric([name], cst.timeouts)
+            late.add_metric([name], cst.late_replies)
             for row in rows:
                 for status, n in sorted(row.statuses.items()):
-                    calls.add_metric([row.name, str(status)], n)
+                    calls.add_metric([name, row.name, str(status)], n)
                 row.recorder.fold(row.fresh)
                 buckets, total = _buckets(row.recorder.totals)
-                client_latency.add_metric([row.name], buckets, total)
+                client_latency.add_metric([name, row.name], buckets, total)
         yield from (calls, client_latency, timeouts, late)
 
 

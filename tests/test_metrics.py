@@ -194,7 +194,13 @@ def scrape(port: int) -> dict[str, Any]:
 
 
 def value(metrics: dict[str, Any], family: str, sample: str, **labels: str) -> float:
-    return metrics[family][(sample, frozenset(labels.items()))]
+    """The one sample with these labels (and any instance label the exporter adds)."""
+    (found,) = [
+        v
+        for (name, ls), v in metrics[family].items()
+        if name == sample and labels.items() <= dict(ls).items()
+    ]
+    return float(found)
 
 
 def buckets(metrics: dict[str, Any], family: str, method: str) -> list[tuple[float, float]]:

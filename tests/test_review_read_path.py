@@ -374,11 +374,11 @@ async def test_prometheus_collector_sees_every_client_call(
     exporter = MetricsExporter(clients=[client])
     for _ in range(3):
         await client.call(kit.ECHO, b"x")
-    labels = {"method": str(kit.ECHO), "status": "200"}
+    labels = {"client": "0", "method": str(kit.ECHO), "status": "200"}
     for _ in range(2):
         assert exporter.registry.get_sample_value("smf_client_calls_total", labels) == 3
         count = exporter.registry.get_sample_value(
-            "smf_client_latency_seconds_count", {"method": str(kit.ECHO)}
+            "smf_client_latency_seconds_count", {"client": "0", "method": str(kit.ECHO)}
         )
         assert count == 3
 
