@@ -187,9 +187,11 @@ async def run_load(spec: LoadSpec) -> BenchResult:
     clients = [Client(spec.host, spec.port, timeout=spec.timeout) for _ in range(spec.connections)]
     try:
         for c in clients:
-            await c.connect()
-    except ConnectionLost as exc:
-        raise BenchError(str(exc)) from exc
+            await _connect(c, spec.timeout)
+    except BenchError:
+        for c in clients:
+            await c.close()
+        raise
     target = spec.target
     try:
         await _probe(spec, clients[0])
@@ -265,6 +267,21 @@ async def run_load(spec: LoadSpec) -> BenchResult:
     for c in clients:
         await c.close()
     return result
+
+
+async def _connect(client: Client, timeout: float) -> None:
+    """Connect, retrying a refused connection for up to ``timeout``: a server started
+    in the background a moment ago (``server &`` then ``smf bench``) is still booting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await client.connect()
+            return
+        except ConnectionLost as exc:
+            if loop.time() + 0.1 >= deadline:
+                raise BenchError(f"{exc} (tried for {timeout:g}s: --timeout)") from exc
+        await asyncio.sleep(0.1)
 
 
 async def _probe(spec: LoadSpec, client: Client) -> None:

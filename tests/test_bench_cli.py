@@ -8,6 +8,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,10 +142,53 @@ def test_unreachable_server_is_a_clear_error() -> None:
 
     port = free_port()
     proc = bench(
-        f"127.0.0.1:{port}", "--schema", str(SCHEMA), "--method", "SmfStorage.Get", "--data", "{}"
+        f"127.0.0.1:{port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Get",
+        "--data",
+        "{}",
+        "--timeout",
+        "0.5",
     )
     assert proc.returncode == 2
     assert f"cannot connect to 127.0.0.1:{port}" in proc.stderr
+    assert "tried for 0.5s" in proc.stderr
+
+
+def test_bench_waits_for_a_server_started_in_the_background() -> None:
+    # `server.py &` then `smf bench` at once, as the README does: the server is booting.
+    from smf.workers import free_port
+
+    port = free_port()
+    load = subprocess.Popen(
+        [sys.executable, "-m", "smf_tools", "bench", f"127.0.0.1:{port}", "--schema",
+         str(SCHEMA), "--method", "SmfStorage.Get", "--data", "{}", "--calls", "50",
+         "--timeout", "60", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    server = None
+    try:
+        # The server starts only after the bench has had time to find nothing listening
+        # (it gave up at once before): the bench must still be waiting for it.
+        time.sleep(2)
+        assert load.poll() is None, load.communicate()
+        server = subprocess.Popen(
+            [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        out, err = load.communicate(timeout=120)
+    finally:
+        load.kill()
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    assert load.returncode == 0, err
+    assert json.loads(out)["calls"] == 50
 
 
 def test_a_method_the_server_lacks_is_named_not_loaded(tmp_path: Path) -> None:

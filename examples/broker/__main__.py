@@ -10,6 +10,10 @@
     produce  --bootstrap HOST:PORT --topic T --partition N [VALUE ...]   (else stdin lines)
     consume  --bootstrap HOST:PORT --topic T --partition N --from OFFSET [--count N]
 
+``cluster`` prints ``cluster ready: ...`` once every node listens and a controller leader
+is elected. The client commands wait up to ``--timeout`` (10 s) for a bootstrap node to
+accept connections, so they can follow ``cluster ... &`` in a script at once.
+
 ``--bootstrap`` takes one address or a comma-separated list. ``produce`` prints
 ``OFFSET VALUE`` for each acknowledged record and one ``error: ...`` line (stderr) naming
 the cause for each that was not; ``consume`` prints ``OFFSET VALUE`` lines. Exit status: 0
@@ -292,13 +296,47 @@ async def _consume(args: argparse.Namespace, client: BrokerClient) -> int:
     return 0
 
 
+async def wait_for_any(addresses: Sequence[str], timeout: float) -> float:
+    """Wait until one of ``addresses`` accepts a TCP connection (a node just started by
+    ``cluster ... &`` needs a moment); the seconds left of ``timeout``. Raises
+    BrokerUnavailable naming every address and the time waited."""
+    from .client import BrokerUnavailable, parse_address
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = "no attempt"
+    while True:
+        for address in addresses:
+            host, port = parse_address(address)
+            left = deadline - loop.time()
+            try:
+                _reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), max(0.05, min(1.0, left))
+                )
+            except (OSError, TimeoutError) as exc:
+                last = f"{address}: {exc or type(exc).__name__}"
+                continue
+            writer.close()
+            return max(0.0, deadline - loop.time())
+        if loop.time() >= deadline:
+            raise BrokerUnavailable(
+                f"no node of {', '.join(addresses)} accepted a connection within "
+                f"{timeout:g}s (is the cluster running?): {last}",
+                code="unreachable",
+                tried=list(addresses),
+            )
+        await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+
+
 async def _client_command(args: argparse.Namespace) -> int:
     from .client import BrokerClient
 
     tls = tls_from_args(args)
+    left = await wait_for_any(args.bootstrap, args.timeout)
     client = BrokerClient(
         args.bootstrap,
-        timeout=args.timeout,
+        # The operation gets what the wait left of --timeout (at least a second).
+        timeout=max(left, min(1.0, args.timeout)),
         ssl=tls.client_context() if tls is not None else None,
     )
     try:
@@ -334,11 +372,48 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
+    import threading
+
     from . import node
 
+    addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
+    threading.Thread(target=_report_ready, args=(addresses,), daemon=True).start()
     return node.run_cluster(
         args.nodes, args.data, args.base_port, host=args.host, fsync_delay=args.fsync_delay
     )
+
+
+def _report_ready(addresses: list[str], patience: float = 60.0) -> None:
+    """Print ``cluster ready: ...`` once every node accepts connections and the
+    controller has a leader (or say, on stderr, that it did not within ``patience``)."""
+    import smf
+
+    from .client import BrokerClient, BrokerError
+
+    async def poll() -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        for address in addresses:
+            await wait_for_any([address], max(0.0, deadline - loop.time()))
+        async with BrokerClient(addresses, timeout=2.0) as client:
+            while True:
+                try:
+                    d = await client.describe()
+                except BrokerError:
+                    d = {"controller_leader": -1}
+                if d["controller_leader"] >= 0:
+                    return (
+                        f"cluster ready: {len(addresses)} node(s) on {', '.join(addresses)}; "
+                        f"controller leader: node {d['controller_leader']}"
+                    )
+                if loop.time() >= deadline:
+                    raise BrokerError(f"no controller leader within {patience:g}s")
+                await asyncio.sleep(0.1)
+
+    try:
+        print(smf.run(poll()), flush=True)
+    except Exception as exc:  # reported; the nodes keep running
+        print(f"cluster not ready: {exc}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

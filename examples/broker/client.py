@@ -656,10 +656,12 @@ class BrokerClient:
         if code == NOT_LEADER:
             code, detail = "no_leader", f"no leader found (elections still running?): {detail}"
         where = ", ".join(dict.fromkeys(tried)) or "no address"
+        spent = loop.time() - (deadline - budget)  # early when every node refused
         raise _Failed(
             code,
             tried[-1] if tried else "",
-            detail=f"gave up after {len(tried)} tries in {budget:g}s ({where}): {detail}",
+            detail=f"gave up after {len(tried)} tries in {spent:.1f}s of its {budget:g}s "
+            f"({where}): {detail}",
             ambiguous=code in ("deadline_exceeded", "connection_lost", "unavailable"),
             tried=tried,
         )
