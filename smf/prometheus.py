@@ -22,13 +22,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+try:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+except ImportError as exc:  # an optional part: say which extra brings it
+    raise ImportError(
+        f"smf.prometheus needs prometheus-client ({exc}): pip install 'smf[prometheus]'"
+    ) from exc
 
 from .client import Client, ClientStats
 from .metrics import LatencyRecorder, MethodTable

@@ -92,6 +92,23 @@ def test_wheel_from_a_clean_clone_installs_with_stock_pip(tmp_path: Path) -> Non
     assert demo.count("errors     none") == 2, demo
     assert "run it from a checkout" not in demo
 
+    # Prometheus is an extra: without it, the exporter's import names the extra to install.
+    missing = subprocess.run(
+        [py, "-c", "import smf.prometheus"], cwd=elsewhere, capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert "pip install 'smf[prometheus]'" in missing.stderr
+
+
+def test_a_missing_extra_is_named_on_import() -> None:
+    code = "import sys; sys.modules['prometheus_client'] = None; import smf.prometheus"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 1
+    assert "smf.prometheus needs prometheus-client" in proc.stderr
+    assert "pip install 'smf[prometheus]'" in proc.stderr
+
 
 def test_mypy_finds_smf_for_user_code_outside_the_checkout(tmp_path: Path) -> None:
     """`./dev` installs the project editable in compat mode (a .pth naming the checkout),
