@@ -55,6 +55,7 @@ def test_runtime_never_imports_the_generator_or_the_tools() -> None:
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout to clone")
+@pytest.mark.timeout(600)  # pip, or clusters, on a shared 2-core machine
 def test_wheel_from_a_clean_clone_installs_with_stock_pip(tmp_path: Path) -> None:
     """`git clone`, `pip wheel`, `pip install <wheel>` into a fresh venv (its own pip, not
     upgraded; the machine's index configuration applies), then the commands a user runs,
