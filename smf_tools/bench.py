@@ -9,7 +9,12 @@ The request is encoded once from JSON by the real flatc. Closed loop by default:
 returns. ``--rate`` is open loop: every caller has a schedule, and each latency is
 measured from when the call *should* have been sent, so a stalled server shows up in
 the percentiles instead of silently slowing the load (coordinated omission, as wrk2
-corrects it).
+corrects it); a run that falls short of ``--rate`` says so (stderr, and ``--json``).
+
+Before the load, a refused connection is retried for ``--timeout`` (a server started in
+the background a moment ago), and one unrecorded call checks the peer: no valid smf frame
+within ``--timeout`` (not an smf server) or a 404 (no such method on the server) stops
+the run with a message saying which.
 """
 
 from __future__ import annotations
