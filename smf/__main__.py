@@ -8,6 +8,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     commands = {"demo": "smf.demo", "bench": "smf.bench"}
+    # smf_tools' subcommands (the smf_tools.cli entry point registers the same modules).
+    commands |= {"health": "smf_tools.health", "list": "smf_tools.listing"}
+    commands["call"] = "smf_tools.call"
     if not args or args[0] not in commands:
         print(f"usage: smf {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""Tools that need both the runtime and the generator: the ``smf`` command."""
