@@ -22,11 +22,16 @@ from .server import Server, ServerStats
 from .verify import VerificationError, Verifier
 from .wire import Compression, FrameDecoder, Status
 
+# Last: the built-in services it uses import the modules above.
+from .channel import Caller, Channel, RetryPolicy  # isort: skip
+
 __all__ = [
     "DEFAULT",
     "Backoff",
     "BadRequest",
     "CallContext",
+    "Caller",
+    "Channel",
     "Client",
     "ClientStats",
     "Compression",
@@ -40,6 +45,7 @@ __all__ = [
     "NotFound",
     "Payload",
     "PayloadTooLarge",
+    "RetryPolicy",
     "RpcError",
     "Server",
     "ServerStats",
