@@ -436,7 +436,8 @@ class Channel:
                     wire_id, payload, timeout=attempt_timeout, metadata=metadata
                 )
             except ConnectionLost as exc:
-                if backend.state is BackendState.READY:
+                lost = client._conn is None or client._conn.closed  # not a filter's drop
+                if lost and backend.state is BackendState.READY:
                     self._set_state(backend, BackendState.TRANSIENT_FAILURE, str(exc))
                 if not reached:
                     unreached += 1
