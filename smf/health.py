@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
 
-from smf_rpc.health.Health_smf import Check_WIRE_ID, Health
-from smf_rpc.health.HealthCheckRequest import HealthCheckRequest
-from smf_rpc.health.HealthCheckResponse import HealthCheckResponseT
-
-from .context import CallContext
+from .builtin import LazyService
 
 if TYPE_CHECKING:
+    from .context import CallContext
+    from .router import Handler
     from .server import Server
 
 log = logging.getLogger("smf.health")
 
 __all__ = ["CHECK_WIRE_ID", "HealthService", "ServingStatus", "install"]
 
-CHECK_WIRE_ID = Check_WIRE_ID
-"""The wire id of ``Health.Check`` (answered even while the server drains)."""
+CHECK_WIRE_ID: Final = 1323399238
+"""``smf_rpc.health.Health_smf.Check_WIRE_ID`` (a test checks), answered even while the
+server drains."""
 
 
 class ServingStatus(enum.IntEnum):
@@ -45,10 +45,14 @@ class ServingStatus(enum.IntEnum):
     SERVICE_UNKNOWN = 3
 
 
-class HealthService(Health):
+class HealthService(LazyService):
     """The server's health table. ``server.health.set_status("SmfStorage",
     ServingStatus.NOT_SERVING)`` takes one service out; ``set_status("", ...)`` the whole
     server (services with no status of their own follow it)."""
+
+    service_name = "Health"
+    service_fqn = "smf_rpc.health.Health"
+    method_names: Mapping[int, str] = {CHECK_WIRE_ID: "Health.Check"}
 
     def __init__(self, server: Server) -> None:
         super().__init__()
@@ -98,16 +102,26 @@ class HealthService(Health):
         self._overall = ServingStatus.SERVING
         self._statuses.clear()
 
-    async def Check(self, request: HealthCheckRequest, ctx: CallContext) -> HealthCheckResponseT:
-        name = request.Service()
-        service = name.decode("utf-8", "replace") if isinstance(name, bytes) else (name or "")
-        return HealthCheckResponseT(status=int(self.status(service)))
+    def build(self) -> Mapping[int, Handler]:
+        from smf_rpc.health.Health_smf import Health
+        from smf_rpc.health.HealthCheckRequest import HealthCheckRequest
+        from smf_rpc.health.HealthCheckResponse import HealthCheckResponseT
+
+        outer = self
+
+        class Implementation(Health):
+            async def Check(self, request: HealthCheckRequest, ctx: CallContext) -> Any:
+                name = request.Service()
+                service = name.decode("utf-8", "replace") if isinstance(name, bytes) else ""
+                return HealthCheckResponseT(status=int(outer.status(service)))
+
+        return Implementation().method_handlers()
 
 
 def _fqn(service: object) -> str:
     from .reflection import schema_of
 
-    return schema_of(service)[0]
+    return schema_of(service)[0]  # reads the .bfbs too, once per service (cached)
 
 
 def install(

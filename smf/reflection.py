@@ -15,23 +15,15 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
-import flatbuffers
-
-from smf_rpc.reflection import SchemaResponse as _SchemaResponse
-from smf_rpc.reflection.ListServicesRequest import ListServicesRequest
-from smf_rpc.reflection.ListServicesResponse import ListServicesResponseT
-from smf_rpc.reflection.MethodInfo import MethodInfoT
-from smf_rpc.reflection.SchemaRequest import SchemaRequest
-from smf_rpc.reflection.ServerReflection_smf import ServerReflection
-from smf_rpc.reflection.ServiceInfo import ServiceInfoT
-
-from .context import CallContext
+from .builtin import LazyService
 from .errors import NotFound
 from .router import Payload
 
 if TYPE_CHECKING:
+    from .context import CallContext
+    from .router import Handler
     from .server import Server
 
 __all__ = ["ReflectionService", "schema_bytes", "schema_of"]
@@ -42,10 +34,10 @@ def schema_of(service: object) -> tuple[str, bytes | None]:
     cached: tuple[str, bytes | None] | None = getattr(service, "_smf_schema", None)
     if cached is not None:
         return cached
-    fqn = ""
+    fqn = str(getattr(service, "service_fqn", ""))
     data: bytes | None = None
     name = getattr(service, "service_name", "")
-    for cls in type(service).__mro__:
+    for cls in type(service).__mro__ if not fqn else ():
         module = sys.modules.get(cls.__module__)
         if getattr(module, "SERVICE_NAME", None) == name and hasattr(module, "SERVICE_FQN"):
             fqn = str(module.SERVICE_FQN)  # type: ignore[union-attr]
@@ -71,8 +63,9 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def schema_bytes(response: _SchemaResponse.SchemaResponse) -> bytes:
-    """The ``bfbs`` vector of a ``SchemaResponse`` as bytes (no per-byte accessor calls)."""
+def schema_bytes(response: Any) -> bytes:
+    """The ``bfbs`` vector of a ``smf_rpc.reflection.SchemaResponse`` as bytes (no
+    per-byte accessor calls)."""
     tab = response._tab
     o = tab.Offset(6)
     if not o:
@@ -81,16 +74,47 @@ def schema_bytes(response: _SchemaResponse.SchemaResponse) -> bytes:
     return bytes(tab.Bytes[start : start + tab.VectorLen(o)])
 
 
-class ReflectionService(ServerReflection):
+LIST_SERVICES_WIRE_ID: Final = 2183911226
+GET_SCHEMA_WIRE_ID: Final = 4085497652
+"""``smf_rpc.reflection.ServerReflection_smf``'s wire ids (a test checks)."""
+
+
+class ReflectionService(LazyService):
     """Lists ``server.services`` and returns their binary schemas."""
+
+    service_name = "ServerReflection"
+    service_fqn = "smf_rpc.reflection.ServerReflection"
+    method_names: Mapping[int, str] = {
+        LIST_SERVICES_WIRE_ID: "ServerReflection.ListServices",
+        GET_SCHEMA_WIRE_ID: "ServerReflection.GetSchema",
+    }
 
     def __init__(self, server: Server) -> None:
         super().__init__()
         self._server = server
 
-    async def ListServices(
-        self, request: ListServicesRequest, ctx: CallContext
-    ) -> ListServicesResponseT:
+    def build(self) -> Mapping[int, Handler]:
+        from smf_rpc.reflection.ListServicesRequest import ListServicesRequest
+        from smf_rpc.reflection.SchemaRequest import SchemaRequest
+        from smf_rpc.reflection.ServerReflection_smf import ServerReflection
+
+        outer = self
+
+        class Implementation(ServerReflection):
+            async def ListServices(self, request: ListServicesRequest, ctx: CallContext) -> Any:
+                return outer.list_services()
+
+            async def GetSchema(self, request: SchemaRequest, ctx: CallContext) -> Payload:
+                raw = request.Service()
+                return outer.get_schema(raw.decode("utf-8", "replace") if raw else "")
+
+        return Implementation().method_handlers()
+
+    def list_services(self) -> Any:
+        from smf_rpc.reflection.ListServicesResponse import ListServicesResponseT
+        from smf_rpc.reflection.MethodInfo import MethodInfoT
+        from smf_rpc.reflection.ServiceInfo import ServiceInfoT
+
         infos = []
         for service in self._server.services:
             fqn, data = schema_of(service)
@@ -109,9 +133,11 @@ class ReflectionService(ServerReflection):
             )
         return ListServicesResponseT(services=infos)
 
-    async def GetSchema(self, request: SchemaRequest, ctx: CallContext) -> Payload:
-        raw = request.Service()
-        wanted = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+    def get_schema(self, wanted: str) -> Payload:
+        import flatbuffers
+
+        from smf_rpc.reflection import SchemaResponse as response
+
         for service in self._server.services:
             fqn, data = schema_of(service)
             if wanted not in (service.service_name, fqn):
@@ -124,9 +150,9 @@ class ReflectionService(ServerReflection):
             builder = flatbuffers.Builder(len(data) + 256)
             vector = builder.CreateByteVector(data)
             name = builder.CreateString(fqn or service.service_name)
-            _SchemaResponse.Start(builder)
-            _SchemaResponse.AddFqn(builder, name)
-            _SchemaResponse.AddBfbs(builder, vector)
-            builder.Finish(_SchemaResponse.End(builder))
+            response.Start(builder)
+            response.AddFqn(builder, name)
+            response.AddBfbs(builder, vector)
+            builder.Finish(response.End(builder))
             return memoryview(builder.Bytes)[builder.Head() :]
         raise NotFound(f"the server serves no service named {wanted!r}")

@@ -245,3 +245,67 @@ async def test_generated_stubs_take_a_channel_and_a_client_alike(servers: list[P
         assert isinstance(channel.methods, smf.metrics.MethodTable)
         assert await _get(channel) == servers[0].port
         del caller
+
+
+# ------------------------------------------------------------------ retry policy, in-process
+
+FLAKY = 0x5EED0001
+
+
+async def _unavailable_server() -> tuple[smf.Server, list[int]]:
+    calls: list[int] = []
+
+    async def flaky(ctx: smf.CallContext, body: memoryview) -> bytes:
+        calls.append(1)
+        raise smf.Unavailable("busy")
+
+    server = smf.Server()
+    server.add_handler(FLAKY, flaky, "test.flaky")
+    await server.start("127.0.0.1", 0)
+    return server, calls
+
+
+def test_retry_policy_knows_its_idempotent_methods() -> None:
+    assert not RetryPolicy().is_idempotent(FLAKY)
+    assert RetryPolicy(idempotent=True).is_idempotent(FLAKY)
+    assert RetryPolicy(idempotent={FLAKY}).is_idempotent(FLAKY)
+    assert not RetryPolicy(idempotent={FLAKY}).is_idempotent(FLAKY + 1)
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+async def test_a_503_is_retried_only_for_idempotent_methods() -> None:
+    server, calls = await _unavailable_server()
+    try:
+        address = f"127.0.0.1:{server.port}"
+        async with Channel([address], keepalive=None) as channel:
+            with pytest.raises(smf.Unavailable):
+                await channel.call(FLAKY, b"x", timeout=10)
+            assert len(calls) == 1
+        calls.clear()
+        retry = RetryPolicy(max_attempts=3, idempotent={FLAKY})
+        async with Channel([address], keepalive=None, retry=retry, wait_for_ready=True) as channel:
+            with pytest.raises(smf.Unavailable):
+                await channel.call(FLAKY, b"x", timeout=10)
+            assert len(calls) == 3
+    finally:
+        await server.stop(grace=0.1)
+
+
+async def test_retries_end_at_the_deadline_not_at_max_attempts() -> None:
+    server, calls = await _unavailable_server()
+    try:
+        retry = RetryPolicy(
+            max_attempts=1_000_000,
+            idempotent=True,
+            backoff=smf.Backoff(initial=0.05, maximum=0.05, jitter=0.0),
+        )
+        async with Channel(
+            [f"127.0.0.1:{server.port}"], keepalive=None, retry=retry, wait_for_ready=True
+        ) as channel:
+            with pytest.raises((smf.Unavailable, smf.DeadlineExceeded)):
+                await channel.call(FLAKY, b"x", timeout=0.5)
+            # 0.5 s of 0.05 s pauses: about ten attempts, far from a million.
+            assert 1 <= len(calls) <= 100
+    finally:
+        await server.stop(grace=0.1)

@@ -185,3 +185,28 @@ def test_smf_rpc_is_what_smfc_generates(tmp_path: Path) -> None:
                 f"smf_rpc/{package}/{name} is stale: run "
                 "smfc --bfbs -o . idl/health.fbs idl/reflection.fbs"
             )
+
+
+def test_builtin_wire_ids_are_the_generated_ones() -> None:
+    from smf import reflection
+    from smf_rpc.health import Health_smf
+    from smf_rpc.reflection import ServerReflection_smf
+
+    assert Health_smf.Check_WIRE_ID == CHECK_WIRE_ID
+    assert ServerReflection_smf.ListServices_WIRE_ID == reflection.LIST_SERVICES_WIRE_ID
+    assert ServerReflection_smf.GetSchema_WIRE_ID == reflection.GET_SCHEMA_WIRE_ID
+    server = smf.Server()
+    assert server.methods.names[CHECK_WIRE_ID] == "Health.Check"
+
+
+def test_a_server_loads_the_builtin_stubs_only_when_asked() -> None:
+    """flatbuffers imports numpy (~15 MiB of RSS): a server must not pay it up front."""
+    import subprocess
+
+    code = (
+        "import sys, smf; smf.Server(); "
+        "print(sorted(m for m in ('flatbuffers', 'numpy', 'smf_rpc.health.Health_smf') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
