@@ -11,7 +11,8 @@ DNS name resolves to) and a task per backend that keeps it usable:
 - keepalive: every ``keepalive`` seconds, a connection on which nothing arrived since the
   last tick gets a health check; no answer within ``keepalive_timeout`` marks the peer dead:
   the connection is closed and its pending calls fail with ``ConnectionLost``, so a silent
-  peer (paused, partitioned) is noticed within ``keepalive + keepalive_timeout`` seconds.
+  peer (paused, partitioned) is noticed within ``2 * keepalive + keepalive_timeout``
+  seconds at worst.
 
 Calls go to a READY backend: the first in address order (``policy="pick_first"``) or each
 in turn (``"round_robin"``). With none ready, a call waits (within its deadline) while some
