@@ -13,8 +13,9 @@ alternates, round by round, between three variants, each keeping 64 calls in fli
 * ``2 clients, by hand``: one ``smf.Client`` per server, 32 calls in flight on each (what
   the channel does, without its picking and retry bookkeeping).
 
-It prints calls/s per variant (median over the rounds) and the ratios to the baseline
-measured in the same run. On a 2-core machine the client process is one of the three
+It prints calls/s per variant (median over the rounds) and the median of the per-round
+ratios to the baseline (each round's variants run back to back, so they share the
+machine's state). On a 2-core machine the client process is one of the three
 busy processes, so the gain is bounded by the client's own CPU, not by the servers.
 """
 
@@ -89,15 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in servers:
             stop_by_stdin(proc)
-    base = statistics.median(rates["one connection"])
     print(
         f"{WINDOW} calls in flight, {args.size}-byte echo, {args.rounds} rounds of "
         f"{args.seconds:g} s per variant, interleaved"
     )
+    baseline = rates["one connection"]
+    print(f"  {'variant':<22} {'calls/s':>10}  (min-max)  median of per-round ratios")
     for name, values in rates.items():
         median = statistics.median(values)
         spread = f"{min(values):,.0f}-{max(values):,.0f}"
-        print(f"  {name:<22} {median:>10,.0f} calls/s  ({spread})  {median / base:.2f}x")
+        ratio = statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+        print(f"  {name:<22} {median:>10,.0f}  ({spread})  {ratio:.2f}x")
     return 0
 
 

@@ -419,12 +419,19 @@ class Channel:
         total = self.timeout if isinstance(timeout, Default) else timeout
         deadline = None if total is None else loop.time() + total
         policy = self.retry
-        delays = policy.backoff.delays()
+        delays = None  # made on the first retry: the common call never needs them
         attempt = 0
         unreached = 0  # attempts that failed before sending: they do not count
         while True:
             attempt += 1
-            backend = await self._pick(deadline)
+            ready = self._ready
+            if ready:  # _pick's first step, inline (the common case)
+                if self.policy == "pick_first":
+                    backend = ready[0]
+                else:
+                    backend = ready[next(self._turn) % len(ready)]
+            else:
+                backend = await self._pick(deadline)
             client = backend.client
             conn = client._conn
             reached = conn is not None and not conn.closed  # else it fails before sending
@@ -458,6 +465,8 @@ class Channel:
                 if not policy.is_idempotent(wire_id) or attempt >= policy.max_attempts:
                     raise
                 error = exc
+            if delays is None:
+                delays = policy.backoff.delays()
             delay = next(delays)
             if deadline is not None and loop.time() + delay >= deadline:
                 raise error
