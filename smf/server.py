@@ -24,6 +24,7 @@ from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
 from .eager import run_eager, start_eager, task_of
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
+from .health import install as install_builtin
 from .metrics import MethodTable
 from .router import Handler, Payload, Service, ServiceRouter, payload_size
 from .transport import JOIN_LIMIT, FramedConnection
@@ -684,9 +685,7 @@ class Server:
         self.closing = False
         self._listeners: list[asyncio.AbstractServer] = []
         self.services: list[Service] = []  # as added (reflection lists them)
-        from .health import install  # here: the services it installs import smf
-
-        self.health, self.always_served = install(self, health, reflection)
+        self.health, self.always_served = install_builtin(self, health, reflection)
         for service in services:
             self.add_service(service)
 
