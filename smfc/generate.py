@@ -38,6 +38,8 @@ class Result:
     schema: Schema
     warnings: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    # Each service's binary schema, for ``--bfbs`` (path relative to OUT -> flatc's .bfbs).
+    binaries: dict[str, bytes] = field(default_factory=dict)
     kept: list[Path] = field(default_factory=list)  # __init__.py files smfc did not own
 
 
@@ -70,6 +72,7 @@ def render(
     root = _common_root([p.parent for p in resolved] + includes)
     schema = Schema()
     flatc_warnings: list[str] = []
+    binaries: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="smfc-") as tmp:
         work = Path(tmp)
         try:
@@ -77,7 +80,10 @@ def render(
                 bfbs = flatc_mod.binary_schema(
                     binary, path, includes, root, work / f"bfbs{i}", flatc_warnings
                 )
+                known = set(schema.services)
                 read_schema(bfbs, schema)
+                for name in schema.services.keys() - known:  # declared in (or under) path
+                    binaries[_module_path(stub_module(schema.services[name]), ".bfbs")] = bfbs
             faults = python_problems(schema) + service_problems(schema)
             if faults:
                 raise SchemaError("\n".join(faults))
@@ -85,7 +91,7 @@ def render(
         except flatc_mod.FlatcError as exc:
             raise SchemaError(f"flatc rejected the schema:\n{exc}") from exc
         files, warnings = _assemble(work / "py", schema)
-    return Result(files, schema, sorted(set(flatc_warnings)) + warnings)
+    return Result(files, schema, sorted(set(flatc_warnings)) + warnings, binaries=binaries)
 
 
 def _assemble(py_dir: Path, schema: Schema) -> tuple[dict[str, str], list[str]]:
@@ -164,7 +170,7 @@ def _owned(path: Path) -> bool:
     return not head.strip() or head.startswith(GENERATED_MARKERS)
 
 
-def write(files: Mapping[str, str], out: Path) -> tuple[list[Path], list[Path]]:
+def write(files: Mapping[str, str | bytes], out: Path) -> tuple[list[Path], list[Path]]:
     """Write ``files`` under ``out``: staged in ``out`` first, then each moved into place
     with ``os.replace``, so a file is either the old or the new one, never half-written.
 
@@ -184,6 +190,10 @@ def write(files: Mapping[str, str], out: Path) -> tuple[list[Path], list[Path]]:
                 continue
             temp = staging / rel
             temp.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                temp.write_bytes(content)
+                staged.append((temp, target))
+                continue
             with temp.open("w", encoding="utf-8", newline="\n") as f:
                 f.write(content)
             staged.append((temp, target))
@@ -203,10 +213,14 @@ def generate(
     out: Path,
     include_dirs: Sequence[Path] = (),
     flatc: str | None = None,
+    bfbs: bool = False,
 ) -> Result:
-    """Generate into ``out``. On ``SchemaError`` nothing in ``out`` has changed."""
+    """Generate into ``out``. On ``SchemaError`` nothing in ``out`` has changed.
+    ``bfbs``: also write each service's binary schema next to its module (``S_smf.bfbs``),
+    which ``smf.reflection`` serves."""
     result = render(schemas, include_dirs, flatc)
-    result.written, result.kept = write(result.files, out)
+    files: dict[str, str | bytes] = {**result.files, **(result.binaries if bfbs else {})}
+    result.written, result.kept = write(files, out)
     return result
 
 

@@ -64,6 +64,7 @@ def _load_helper() -> ModuleType:
 helper = _load_helper()
 ECHO = helper.ECHO
 HANDLED = {helper.ECHO, helper.SLEEP, helper.BLOCK, helper.RELEASE, helper.DROP, helper.STATS}
+HANDLED |= set(smf.Server().router.handlers)  # the built-in health and reflection services
 
 hostile = settings(
     max_examples=200,

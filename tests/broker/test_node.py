@@ -215,3 +215,25 @@ async def test_mutual_tls_between_nodes_and_for_clients(tmp_path: Path) -> None:
     finally:
         for i in list(c.nodes):
             await c.stop(i)
+
+
+async def test_nodes_serve_health_and_a_channel_reaches_any_of_them(cluster: Cluster) -> None:
+    """Every node serves smf's health service; a channel over the nodes answers the
+    calls any node can serve (Describe), and drops a stopped node."""
+    from broker.DescribeRequest import DescribeRequestT
+
+    from smf_rpc.health.Health_smf import HealthClient
+    from smf_rpc.health.HealthCheckRequest import HealthCheckRequestT
+
+    addresses = [f"127.0.0.1:{port}" for port in cluster.ports.values()]
+    async with smf.Channel(addresses, keepalive=0.2, keepalive_timeout=2.0) as channel:
+        await channel.wait_ready(timeout=15, count=len(addresses))
+        for backend in channel.backends:
+            reply = await HealthClient(backend.client).Check(HealthCheckRequestT(), timeout=5)
+            assert reply.Status() == smf.health.ServingStatus.SERVING
+        admin = AdminClient(channel)  # type: ignore[arg-type]
+        seen = {(await admin.Describe(DescribeRequestT(), timeout=5)).NodeId() for _ in range(6)}
+        assert seen == set(cluster.ports)  # round robin: every node answered
+        await cluster.stop(1)
+        for _ in range(6):
+            assert (await admin.Describe(DescribeRequestT(), timeout=5)).NodeId() != 1
