@@ -386,12 +386,13 @@ def test_services_plug_into_the_router(smfc_corpus: Path) -> None:
 
 
 def test_example_stubs_are_up_to_date(tmp_path: Path) -> None:
-    """examples/demo/generated is ``smfc -o examples/demo/generated idl/demo.fbs``."""
+    """examples/demo/generated is ``smfc --bfbs -o examples/demo/generated idl/demo.fbs``
+    (with the binary schema, so ``smf list``/``smf call`` work against the demo server)."""
     shipped = REPO / "examples" / "demo" / "generated"
-    result = run_smfc("-o", tmp_path, IDL / "demo.fbs")
+    result = run_smfc("--bfbs", "-o", tmp_path, IDL / "demo.fbs")
     assert result.code == 0, result.err
     assert snapshot(shipped) == snapshot(tmp_path), (
-        "stale: run smfc -o examples/demo/generated idl/demo.fbs"
+        "stale: run smfc --bfbs -o examples/demo/generated idl/demo.fbs"
     )
 
 
