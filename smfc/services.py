@@ -36,6 +36,7 @@ _MODULE_NAMES = frozenset(
         "Payload",
         "check_request",
         "encode",
+        "name_methods",
         "Default",
         "Verifier",
         # constants and helpers
