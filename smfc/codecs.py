@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .model import BaseType, Enum, Field, Object, Schema, Type
+from .model import BaseType, Enum, Field, Object, Schema
 from .tables import ImportTable, lower_camel, upper_camel
 from .verifiers import _nested_type
 
@@ -108,12 +108,46 @@ SIZES: dict[BaseType, int] = {
 BYTES = (BaseType.UBYTE, BaseType.BYTE)
 
 # Names every module may bind at top level (imports from smf.codec and typing).
-RUNTIME = (
-    "BOOL I8 U8 I16 U16 I32 U32 I64 U64 F32 F64 PUT_U32 Buffer UnionValue align_vector "
-    "builder_bytes builder_offsets builder_scalars builder_struct deref element length "
-    "missing numpy positions put_bytes put_scalars put_string put_strings root scalars "
-    "string string_end strings strings_end utf8 view vtable"
-).split()
+RUNTIME = [
+    "BOOL",
+    "I8",
+    "U8",
+    "I16",
+    "U16",
+    "I32",
+    "U32",
+    "I64",
+    "U64",
+    "F32",
+    "F64",
+    "PUT_U32",
+    "Buffer",
+    "UnionValue",
+    "align_vector",
+    "builder_bytes",
+    "builder_offsets",
+    "builder_scalars",
+    "builder_struct",
+    "deref",
+    "element",
+    "length",
+    "missing",
+    "numpy",
+    "positions",
+    "put_bytes",
+    "put_scalars",
+    "put_string",
+    "put_strings",
+    "root",
+    "scalars",
+    "string",
+    "string_end",
+    "strings",
+    "strings_end",
+    "utf8",
+    "view",
+    "vtable",
+]
 
 
 class CodecError(ValueError):
@@ -771,9 +805,9 @@ def _pack(m: _Module, obj: Object, live: list[Field], attrs: dict[int, str], n: 
             m.add(
                 f"        {var} = builder.CreateString(bytes(utf8({v}))) if {v} is not None else 0"
             )
-        elif t.base is BaseType.OBJ and not schema.objects[t.ref].is_struct:
-            m.add(f"        {var} = {v}.Pack(builder) if {v} is not None else 0")
-        elif t.base is BaseType.UNION:
+        elif (
+            t.base is BaseType.OBJ and not schema.objects[t.ref].is_struct
+        ) or t.base is BaseType.UNION:
             m.add(f"        {var} = {v}.Pack(builder) if {v} is not None else 0")
         elif t.base is BaseType.VECTOR:
             item = t.element
@@ -867,8 +901,9 @@ def _encoder(
     m.add(
         "",
         "    def Encode(self) -> bytearray:",
-        '        """This message as a finished FlatBuffer: one bytearray of its exact size."""',
-        f"        buf = bytearray(self._Size({talign}))",
+        '        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded"',
+        '        up to the alignment of its root table, as flatc does)."""',
+        f"        buf = bytearray((self._Size({talign}) + {talign - 1}) & -{talign})",
         f"        PUT_U32(buf, 0, {talign})",
         f"        self._Write(buf, {talign})",
         "        return buf",

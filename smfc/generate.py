@@ -12,12 +12,11 @@ from pathlib import Path
 
 from . import flatc as flatc_mod
 from .bfbs import read_schema
-from .model import Schema
-from .services import problems as service_problems
-from .services import render_service, stub_module
 from .codecs import check as codec_problems
 from .codecs import render_type
-from .model import Enum, Object
+from .model import Enum, Object, Schema
+from .services import problems as service_problems
+from .services import render_service, stub_module
 from .tables import header_lines, module_of, python_problems
 from .verifiers import VerifierError
 

@@ -316,7 +316,7 @@ def test_encode_writes_one_bytearray_of_the_exact_size(demo: Any) -> None:
     response_t = load("smf_gen.demo.Response").ResponseT
     encoded = response_t(name="exact").Encode()
     assert isinstance(encoded, bytearray)
-    assert len(encoded) == 4 + 8 + 6 + 2 + 4 + 6  # root, table, vtable, pad, string
+    assert len(encoded) == 4 + 8 + 6 + 2 + 4 + 6 + 2  # root, table, vtable, pad, string, pad
     builder = flatbuffers.Builder(0)
     builder.Finish(response_t(name="exact").Pack(builder))
     reread = load("smf_gen.demo.Response").Response.GetRootAs(bytes(builder.Output()))

@@ -129,8 +129,9 @@ class PeerT:
         return int(builder.EndObject())
 
     def Encode(self) -> bytearray:
-        """This message as a finished FlatBuffer: one bytearray of its exact size."""
-        buf = bytearray(self._Size(4))
+        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded"
+        up to the alignment of its root table, as flatc does)."""
+        buf = bytearray((self._Size(4) + 3) & -4)
         PUT_U32(buf, 0, 4)
         self._Write(buf, 4)
         return buf

@@ -111,8 +111,9 @@ class ReplicateSegmentBatchRequestPayloadT:
         return int(builder.EndObject())
 
     def Encode(self) -> bytearray:
-        """This message as a finished FlatBuffer: one bytearray of its exact size."""
-        buf = bytearray(self._Size(8))
+        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded"
+        up to the alignment of its root table, as flatc does)."""
+        buf = bytearray((self._Size(8) + 7) & -8)
         PUT_U32(buf, 0, 8)
         self._Write(buf, 8)
         return buf
