@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (lines of generated code are kept whole, so the output can be read here)
 """smfc's own table modules: one typed module per table, struct, enum and union.
 
 For a table ``T`` the module holds:
