@@ -7,7 +7,7 @@ modules can use generated code without an import cycle); it is re-exported here.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .client import DEFAULT, Client, Default
 from .codec import U32, Buffer, DecodeError, EncodeError
@@ -67,18 +67,19 @@ def encode(value: object, table: type, object_api: Any) -> Payload:
     """A message to send: an object-API instance encoded (smfc's encoder, one bytearray),
     a finished buffer as is, a table as its buffer when it is the root (else unpacked and
     encoded again)."""
-    if type(value) is object_api:
-        return value.Encode()  # type: ignore[attr-defined, no-any-return]
+    if type(value) is object_api or (
+        isinstance(value, object_api) and not isinstance(value, bytes | bytearray | memoryview)
+    ):
+        encoded: bytearray = cast(Encodable, value).Encode()
+        return encoded
     if isinstance(value, bytes | bytearray | memoryview):
         return value
-    if isinstance(value, object_api):
-        return value.Encode()  # type: ignore[attr-defined, no-any-return]
     if isinstance(value, table):
         buf = as_root(value)
         if buf is not None:
             return buf
-        encoded: bytearray = object_api.InitFromObj(value).Encode()
-        return encoded
+        repacked: bytearray = object_api.InitFromObj(value).Encode()
+        return repacked
     raise TypeError(
         f"expected {table.__name__}, {object_api.__name__} or bytes, got {type(value).__name__}"
     )

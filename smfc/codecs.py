@@ -381,10 +381,8 @@ def _struct_module(m: _Module, obj: Object) -> None:
     m.add(
         f"def Create{upper_camel(name)}(builder: Any, {', '.join(f'{n}: Any' for n in names)}) -> int:"
     )
-    args = []
-    for n, is_array in _leaf_names_kinds(schema, obj, ""):
-        args.append(f"*{n}" if is_array else n)
-    m.add(f"    return builder_struct(builder, {obj.minalign}, _S.pack({', '.join(args)}))")
+    leaf_args = [f"*{n}" if is_array else n for n, is_array in _leaf_names_kinds(schema, obj, "")]
+    m.add(f"    return builder_struct(builder, {obj.minalign}, _S.pack({', '.join(leaf_args)}))")
 
 
 def _leaf_names_kinds(schema: Schema, obj: Object, prefix: str) -> list[tuple[str, bool]]:
@@ -483,8 +481,8 @@ def _layout(schema: Schema, obj: Object) -> tuple[list[_Slot], int, int]:
         if t.base in CODES:
             slots.append(_Slot(f, 0, SIZES[t.base], SIZES[t.base], CODES[t.base]))
         elif t.base is BaseType.OBJ and schema.objects[t.ref].is_struct:
-            s = schema.objects[t.ref]
-            slots.append(_Slot(f, 0, s.bytesize, s.minalign, struct_format(schema, s)))
+            inner = schema.objects[t.ref]
+            slots.append(_Slot(f, 0, inner.bytesize, inner.minalign, struct_format(schema, inner)))
         else:
             slots.append(_Slot(f, 0, 4, 4, "I"))
     cur = 4
@@ -1045,19 +1043,19 @@ def _encoder(
             values.append(f"x{f.id}")
     values += [str(vsize), str(tsize)]
     for k in range(n):
-        s = by_id.get(k)
-        if s is None:
+        found = by_id.get(k)
+        if found is None:
             values.append("0")
             continue
-        f = s.f
+        f = found.f
         a = f"self.{attrs[f.id]}"
         t = f.type
         if t.base.is_scalar:
-            values.append(_presence(f, a, s.offset))
+            values.append(_presence(f, a, found.offset))
         elif t.base is BaseType.OBJ and schema.objects[t.ref].is_struct:
-            values.append(f"{s.offset} if {a} is not None else 0")
+            values.append(f"{found.offset} if {a} is not None else 0")
         else:
-            values.append(f"{s.offset} if x{f.id} else 0")
+            values.append(f"{found.offset} if x{f.id} else 0")
     m.add("        _FIXED.pack_into(", "            buf,", "            pos,")
     for v in values:
         m.add(f"            {v},")
