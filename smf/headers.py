@@ -16,8 +16,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 
-from smf_rpc.dynamic_header import dynamic_headerT
-from smf_rpc.payload_headers import payload_headers, payload_headersT
+# Modules, not names: importing smf_rpc first imports smf (for smf.codec), which imports
+# this module while smf_rpc's is still half-initialised.
+import smf_rpc.dynamic_header as _dynamic_header
+import smf_rpc.payload_headers as _payload_headers
 
 from .codec import DecodeError
 from .errors import BadRequest
@@ -33,7 +35,10 @@ def encode(headers: Mapping[str, str]) -> bytes:
     items = sorted(headers.items())
     if len(items) > MAX_HEADERS:
         raise ValueError(f"{len(items)} payload headers is more than {MAX_HEADERS}")
-    table = payload_headersT(dynamicHeaders=[dynamic_headerT(key=k, value=v) for k, v in items])
+    entry = _dynamic_header.dynamic_headerT
+    table = _payload_headers.payload_headersT(
+        dynamicHeaders=[entry(key=k, value=v) for k, v in items]
+    )
     flatbuffer = table.Encode()
     return _U32.pack(len(flatbuffer)) + flatbuffer
 
@@ -53,7 +58,7 @@ def decode(buf: memoryview) -> dict[str, str]:
     """Read a ``payload_headers`` FlatBuffer; every read is checked against ``buf``."""
     what = "payload_headers"
     try:
-        root = payload_headers.GetRootAs(buf, 0)
+        root = _payload_headers.payload_headers.GetRootAs(buf, 0)
         count = root.DynamicHeadersLength()
         if count > MAX_HEADERS:
             raise BadRequest(f"payload headers: vector of {count} entries does not fit")
