@@ -48,8 +48,8 @@ PUT_U32: Final[Callable[[bytearray, int, int], None]] = struct.Struct("<I").pack
 _EMPTY: Final = memoryview(b"")
 
 
-def size_of(buf: Buffer) -> int:
-    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
+size_of: Final[Callable[[Buffer], int]] = len
+"""A buffer's size in bytes (buffers are bytes, or memoryviews of format ``B``)."""
 
 
 def root(buf: Buffer, offset: int) -> int:
@@ -65,6 +65,15 @@ def vtable(buf: Buffer, pos: int, full: Callable[[Buffer, int], tuple[int, ...]]
     vt = pos - I32(buf, pos)[0]
     if vt < 0:
         raise DecodeError(f"the vtable of the table at offset {pos} lies before the buffer")
+    return short_vtable(buf, vt, full, n)
+
+
+def short_vtable(
+    buf: Buffer, vt: int, full: Callable[[Buffer, int], tuple[int, ...]], n: int
+) -> Any:
+    """The ``n`` field offsets the vtable at ``vt`` holds, when it may hold fewer."""
+    if vt < 0:
+        raise DecodeError(f"a vtable at offset {vt} lies before the buffer")
     fields = (U16(buf, vt)[0] - 4) >> 1
     if fields >= n:
         return full(buf, vt + 4)
@@ -93,8 +102,14 @@ def _span(buf: Buffer, at: int, size: int) -> tuple[int, int]:
 
 def string(buf: Buffer, at: int) -> bytes:
     """The string the uoffset at ``at`` points to."""
-    start, n = _span(buf, at, 1)
-    return bytes(buf[start : start + n])
+    start = at + U32(buf, at)[0] + 4
+    end = start + U32(buf, start - 4)[0]
+    if end > size_of(buf):
+        raise DecodeError(
+            f"a string of {end - start} bytes at offset {start - 4} runs past the end of the "
+            f"{size_of(buf)}-byte buffer"
+        )
+    return bytes(buf[start:end])
 
 
 def length(buf: Buffer, at: int) -> int:

@@ -148,6 +148,7 @@ RUNTIME = [
     "utf8",
     "view",
     "vtable",
+    "short_vtable",
 ]
 
 
@@ -568,7 +569,7 @@ def _table_module(m: _Module, obj: Object) -> None:
         "    @classmethod",
         f"    def GetRootAs(cls, buf: Buffer, offset: int = 0) -> {name}:",
         "        x = cls()",
-        "        x.Init(buf, root(buf, offset))",
+        "        x.Init(buf, offset + U32(buf, offset)[0])",
         "        return x",
         "",
         "    @classmethod",
@@ -592,7 +593,16 @@ def _table_module(m: _Module, obj: Object) -> None:
         "        self._buf = buf",
         "        self._pos = pos",
     )
-    m.add(f"        self._o = vtable(buf, pos, _VTABLE, {n})" if n else "        self._o = ()")
+    if n:
+        m.add(
+            "        vt = pos - I32(buf, pos)[0]",
+            f"        if vt >= 0 and U16(buf, vt)[0] >= {4 + 2 * n}:",
+            "            self._o = _VTABLE(buf, vt + 4)",
+            "        else:  # a vtable written for fewer fields (an older schema), or garbage",
+            f"            self._o = short_vtable(buf, vt, _VTABLE, {n})",
+        )
+    else:
+        m.add("        self._o = ()")
     for f in obj.fields:
         if f.deprecated:
             continue
@@ -617,8 +627,29 @@ def _table_module(m: _Module, obj: Object) -> None:
         m.add(f"        self.{attrs[f.id]} = {attrs[f.id]}")
     if not live:
         m.add("        pass")
-    _object_api_init(m, name, obj.name)
-    _unpack(m, obj, live, attrs)
+    m.add(
+        "",
+        "    @classmethod",
+        f"    def InitFromBuf(cls, buf: Buffer, pos: int) -> {name}T:",
+        "        x = cls.__new__(cls)  # every attribute is set by _UnPackAt",
+        "        x._UnPackAt(buf, pos)",
+        "        return x",
+        "",
+        "    @classmethod",
+        f"    def InitFromPackedBuf(cls, buf: Buffer, pos: int = 0) -> {name}T:",
+        "        return cls.InitFromBuf(buf, deref(buf, pos))",
+        "",
+        "    @classmethod",
+        f"    def InitFromObj(cls, obj: {name}) -> {name}T:",
+        "        x = cls.__new__(cls)",
+        "        x._UnPackAt(obj._buf, obj._pos)",
+        "        return x",
+        "",
+        f"    def _UnPack(self, obj: {name} | None) -> None:",
+        "        if obj is not None:",
+        "            self._UnPackAt(obj._buf, obj._pos)",
+    )
+    _unpack(m, obj, live, attrs, n)
     _pack(m, obj, live, attrs, n)
     _encoder(m, obj, live, attrs, by_id, n, fixed, vt_off, vsize, tsize, talign)
     _builder_functions(m, obj, live, n)
@@ -734,17 +765,19 @@ def _reader_field(m: _Module, obj: Object, f: Field) -> None:
     )
 
 
-def _unpack(m: _Module, obj: Object, live: list[Field], attrs: dict[int, str]) -> None:
+def _unpack(m: _Module, obj: Object, live: list[Field], attrs: dict[int, str], n: int) -> None:
     schema = m.schema
-    name = m.short
-    m.add(
-        "",
-        f"    def _UnPack(self, obj: {name} | None) -> None:",
-        "        if obj is None:",
-        "            return",
-    )
+    m.add("", "    def _UnPackAt(self, buf: Buffer, pos: int) -> None:")
     if live:
-        m.add("        buf = obj._buf", "        pos = obj._pos", "        o = obj._o")
+        m.add(
+            "        vt = pos - I32(buf, pos)[0]",
+            f"        if vt >= 0 and U16(buf, vt)[0] >= {4 + 2 * n}:",
+            "            o = _VTABLE(buf, vt + 4)",
+            "        else:",
+            f"            o = short_vtable(buf, vt, _VTABLE, {n})",
+        )
+    else:
+        m.add("        pass")
     for f in live:
         t = f.type
         a = attrs[f.id]
@@ -863,6 +896,14 @@ def _pack(m: _Module, obj: Object, live: list[Field], attrs: dict[int, str], n: 
     m.add("        return int(builder.EndObject())")
 
 
+def _vector_start(at: str, align: int) -> str:
+    """Where a vector starts at or after ``at``: its length 4-aligned, its elements
+    ``align``-aligned (``smf.codec.align_vector``, computed here)."""
+    if align <= 4:
+        return f"(({at} + 3) & -4)"
+    return f"((({at} + {align + 3}) & -{align}) - 4)"
+
+
 def _presence(f: Field, v: str, off: int) -> str:
     """The vtable entry of a scalar field: its offset unless it equals its default."""
     if f.optional:
@@ -923,7 +964,9 @@ def _encoder(
         m.add(f"        v{f.id} = {a}", f"        if v{f.id} is not None:")
         vv = f"v{f.id}"
         if t.base is BaseType.STRING:
-            m.add(f"            at = string_end({vv}, at)")
+            m.add(
+                f"            at = ((at + 3) & -4) + 5 + (len({vv}.encode()) if type({vv}) is str else len({vv}))"
+            )
         elif t.base is BaseType.OBJ:
             al = _table_align(schema, t.ref)
             m.add(f"            at = {vv}._Size((at + {al - 1}) & -{al})")
@@ -933,14 +976,14 @@ def _encoder(
             m.add(f"            at = ((at + 3) & -4) + 4 + len({vv})")
         elif t.element.is_scalar:
             size = SIZES[t.element]
-            m.add(f"            at = align_vector(at, {size}) + 4 + {size} * len({vv})")
+            m.add(f"            at = {_vector_start('at', size)} + 4 + {size} * len({vv})")
         elif t.element is BaseType.STRING:
             m.add(f"            at = strings_end({vv}, at)")
         else:
             target = schema.objects[t.ref]
             if target.is_struct:
                 m.add(
-                    f"            at = align_vector(at, {target.minalign}) + 4 + {target.bytesize} * len({vv})"
+                    f"            at = {_vector_start('at', target.minalign)} + 4 + {target.bytesize} * len({vv})"
                 )
             else:
                 al = _table_align(schema, t.ref)
@@ -992,7 +1035,7 @@ def _encoder(
         elif t.element.is_scalar:
             size = SIZES[t.element]
             m.add(
-                f"            end = align_vector(end, {size})",
+                f"            end = {_vector_start('end', size)}",
                 f"            {x} = end - pos - {off}",
                 f'            end = put_scalars(buf, end, {vv}, "{CODES[t.element]}", {size})',
             )
@@ -1006,7 +1049,7 @@ def _encoder(
             target = schema.objects[t.ref]
             if target.is_struct:
                 m.add(
-                    f"            end = align_vector(end, {target.minalign})",
+                    f"            end = {_vector_start('end', target.minalign)}",
                     f"            {x} = end - pos - {off}",
                     f"            PUT_U32(buf, end, len({vv}))",
                     "            end += 4",
@@ -1196,7 +1239,7 @@ def render_type(schema: Schema, qualified: str) -> str:
     typing = [n for n in ("Any", "Final") if _uses(body, n)]
     head = [
         f"# generated by smfc from {source}, do not edit",
-        "# ruff: noqa: E402, E501, I001, RUF100",
+        "# ruff: noqa: E402, E501, I001, RUF023, RUF100",
         "# fmt: off",
         f'"""The {kind} ``{qualified}``: generated by smfc (see smfc/codecs.py)."""',
         "",
@@ -1227,7 +1270,10 @@ def render_type(schema: Schema, qualified: str) -> str:
 def _uses(body: str, name: str) -> bool:
     import re
 
-    return re.search(rf"(?<![\w.\"]){re.escape(name)}\b", body) is not None
+    # functions count when called (so a word in a docstring does not), classes and
+    # constants wherever they appear
+    tail = r"\(" if name[:1].islower() else r"\b"
+    return re.search(rf"(?<![\w.\"]){re.escape(name)}{tail}", body) is not None
 
 
 def check(schema: Schema) -> list[str]:
