@@ -10,14 +10,17 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from .client import DEFAULT, Client, Default
-from .codec import U32, Buffer, DecodeError, EncodeError
+from .codec import Buffer, DecodeError, EncodeError
 from .context import CallContext
 from .errors import BadRequest
 from .router import Handler, Payload
-from .verify import VerificationError, Verifier, VerifyFn
+from .verify import I32, U16X2, U32, VerificationError, Verifier, VerifyFn, vtable_reader
 
 __all__ = [
     "DEFAULT",
+    "I32",
+    "U16X2",
+    "U32",
     "Buffer",
     "CallContext",
     "Client",
@@ -33,6 +36,7 @@ __all__ = [
     "check_request",
     "encode",
     "name_methods",
+    "vtable_reader",
 ]
 
 
