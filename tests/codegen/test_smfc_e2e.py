@@ -90,6 +90,17 @@ async def test_get_and_put_through_the_stubs(gen: Callable[[str], Any]) -> None:
         assert impl.seen == [b"alpha"]
 
 
+async def test_client_stub_names_its_methods_in_the_client_metrics(
+    gen: Callable[[str], Any],
+) -> None:
+    stub = gen("smf_gen.demo.SmfStorage_smf")
+    async with serving(storage_impl(gen)) as (_, client):
+        await stub.SmfStorageClient(client).Get(gen("smf_gen.demo.Request").RequestT(name="n"))
+        names = {m.name for m in client.methods}
+        assert "SmfStorage.Get" in names
+        assert str(stub.Get_WIRE_ID) not in names
+
+
 async def test_oracle_encoded_request_and_decoded_response(
     gen: Callable[[str], Any], flatc_exe: str, tmp_path: Path
 ) -> None:
