@@ -651,7 +651,7 @@ def _table_module(m: _Module, obj: Object) -> None:
     )
     _unpack(m, obj, live, attrs, n)
     _pack(m, obj, live, attrs, n)
-    _encoder(m, obj, live, attrs, by_id, n, fixed, vt_off, vsize, tsize, talign)
+    _encoder(m, ident, obj, live, attrs, by_id, n, fixed, vt_off, vsize, tsize, talign)
     _builder_functions(m, obj, live, n)
 
 
@@ -918,6 +918,7 @@ def _presence(f: Field, v: str, off: int) -> str:
 
 def _encoder(
     m: _Module,
+    ident: str | None,
     obj: Object,
     live: list[Field],
     attrs: dict[int, str],
@@ -940,12 +941,28 @@ def _encoder(
     # ---------------------------------------------------------------- size
     m.add(
         "",
-        "    def Encode(self) -> bytearray:",
-        '        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded"',
-        '        up to the alignment of its root table, as flatc does)."""',
-        f"        buf = bytearray((self._Size({talign}) + {talign - 1}) & -{talign})",
-        f"        PUT_U32(buf, 0, {talign})",
-        f"        self._Write(buf, {talign})",
+        "    def Encode(self, size_prefixed: bool = False) -> bytearray:",
+        '        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded',
+        "        up to the alignment of its root table, as flatc does). ``size_prefixed``: with"
+        + (
+            " the\n        size first (uint32), as ``Builder.FinishSizePrefixed``. The schema's file"
+            f"\n        identifier ({ident!r}) follows the root offset."
+            if ident
+            else " the\n        size first (uint32), as ``Builder.FinishSizePrefixed``."
+        )
+        + '"""',
+        f"        head = {8 if ident else 4} + (4 if size_prefixed else 0)",
+        f"        start = (head + {talign - 1}) & -{talign}",
+        f"        buf = bytearray((self._Size(start) + {talign - 1}) & -{talign})",
+        "        if size_prefixed:",
+        "            PUT_U32(buf, 0, len(buf) - 4)",
+        "        PUT_U32(buf, head - "
+        + ("8" if ident else "4")
+        + ", start - head + "
+        + ("8" if ident else "4")
+        + ")",
+        *(["        buf[head - 4 : head] = _IDENTIFIER"] if ident else []),
+        "        self._Write(buf, start)",
         "        return buf",
         "",
         "    def _Size(self, at: int) -> int:",

@@ -291,3 +291,40 @@ def test_required_field_missing_fails_at_encode(both: Any) -> None:
     ours, _, _ = both
     with pytest.raises(ValueError, match=r"All\.req is required"):
         ours.cls("AllT")().Encode()
+
+
+def test_identifier_and_size_prefix(both: Any, flatc_exe: str) -> None:
+    """The schema's file_identifier follows the root offset; ``size_prefixed=True`` puts
+    the size first. flatc's Python classes and the C++ reader read both."""
+    ours, theirs, work = both
+    message = ours.cls("AllT")(req="r", text="identified", leaf=ours.cls("LeafT")(n=5))
+    plain = bytes(message.Encode())
+    assert plain[4:8] == b"CDPR"
+    assert ours.cls("All").AllBufferHasIdentifier(plain, 0)
+    assert theirs.cls("All").AllBufferHasIdentifier(plain, 0)
+    prefixed = bytes(message.Encode(size_prefixed=True))
+    assert struct.unpack_from("<I", prefixed)[0] == len(prefixed) - 4
+    assert prefixed[8:12] == b"CDPR"
+    expected = norm(message)
+    assert norm(ours.cls("AllT").InitFromObj(ours.cls("All").GetRootAs(prefixed, 4))) == expected
+    assert (
+        norm(theirs.cls("AllT").InitFromObj(theirs.cls("All").GetRootAs(prefixed, 4))) == expected
+    )
+    reference = _json(flatc_exe, work, plain, "plain")
+    (work / "prefixed.bin").write_bytes(prefixed)
+    subprocess.run(
+        [
+            flatc_exe,
+            "--json",
+            "--strict-json",
+            "--size-prefixed",
+            "-o",
+            str(work),
+            str(SCHEMA),
+            "--",
+            str(work / "prefixed.bin"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert (work / "prefixed.json").read_text() == reference

@@ -121,12 +121,17 @@ class dynamic_headerT:
             builder.PrependUOffsetTRelativeSlot(1, x1, 0)
         return int(builder.EndObject())
 
-    def Encode(self) -> bytearray:
-        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded"
-        up to the alignment of its root table, as flatc does)."""
-        buf = bytearray((self._Size(4) + 3) & -4)
-        PUT_U32(buf, 0, 4)
-        self._Write(buf, 4)
+    def Encode(self, size_prefixed: bool = False) -> bytearray:
+        """This message as a finished FlatBuffer: one bytearray of its exact size (rounded
+        up to the alignment of its root table, as flatc does). ``size_prefixed``: with the
+        size first (uint32), as ``Builder.FinishSizePrefixed``."""
+        head = 4 + (4 if size_prefixed else 0)
+        start = (head + 3) & -4
+        buf = bytearray((self._Size(start) + 3) & -4)
+        if size_prefixed:
+            PUT_U32(buf, 0, len(buf) - 4)
+        PUT_U32(buf, head - 4, start - head + 4)
+        self._Write(buf, start)
         return buf
 
     def _Size(self, at: int) -> int:
