@@ -247,7 +247,8 @@ def struct_format(schema: Schema, obj: Object) -> str:
             cur = f.offset + inner.bytesize
         elif t.base is BaseType.ARRAY:
             if t.element not in CODES:
-                raise CodecError(f"{_where(obj, f)}: arrays of {t.element.name} are not supported")
+                what = "structs" if t.element is BaseType.OBJ else t.element.name
+                raise CodecError(f"{_where(obj, f)}: arrays of {what} are not supported")
             out.append(f"{t.fixed_length}{CODES[t.element]}")
             cur = f.offset + t.fixed_length * SIZES[t.element]
         else:
@@ -1303,5 +1304,6 @@ def check(schema: Schema) -> list[str]:
             else:
                 _layout(schema, obj)
         except CodecError as exc:
-            problems.append(str(exc))
+            if str(exc) not in problems:  # a struct's fault also shows in its tables
+                problems.append(str(exc))
     return problems

@@ -165,6 +165,8 @@ SMFC_ERRORS = {
     "stub_clash.fbs": ["rpc_service bad.stubs.Svc", "bad.stubs.Svc_smf"],
     "wire_id_clash.fbs": ["bad.ids.two.Svc", "method M", "wire id", "bad.ids.one.Svc.M"],
     "service_name_clash.fbs": ["rpc_service bad.names.Payload", "class Payload would hide"],
+    "union_vector.fbs": ["table bad.unions.T", "field many", "vectors of unions"],
+    "struct_array.fbs": ["struct bad.arrays.Q", "field ps", "arrays of structs"],
 }
 
 
