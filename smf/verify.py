@@ -290,6 +290,48 @@ class Verifier:
         have = (vsize - 4) >> 1
         return (*_vtable_reader(have)(self.buf, vt + 4), *(0,) * (n - have))
 
+    def table_vector(
+        self, start: int, length: int, verify: VerifyFn, table: str, field: str
+    ) -> None:
+        """The tables of a vector (already checked to fit) whose ``length`` offsets start
+        at ``start``: each with ``verify``, one level deeper, each counting towards
+        ``max_tables``."""
+        if not length:
+            return
+        self.tables += length
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise VerificationError(
+                f"tables nested deeper than {self.max_depth} levels", start, table, field
+            )
+        if self.tables > self.max_tables:
+            raise VerificationError(
+                f"more than {self.max_tables} tables (a shared table counts each time it is "
+                "reached)",
+                start,
+                table,
+                field,
+            )
+        buf = self.buf
+        size = self.size
+        at = start
+        for i in range(length):
+            relative: int = _u32(buf, at)[0]
+            pos = at + relative
+            if not relative or pos >= size:
+                try:
+                    self.offset(at, table, field, "table")
+                except VerificationError as err:
+                    err.path[0] = f"{field}[{i}]"
+                    raise
+            try:
+                verify(self, pos)
+            except VerificationError as err:
+                err.within(table, f"{field}[{i}]")
+                raise
+            at += 4
+        self.depth -= 1
+
     def ok_offset(self, at: int) -> bool:
         """The uoffset at ``at`` is not 0 and points inside the buffer."""
         relative: int = _u32(self.buf, at)[0]
@@ -576,37 +618,7 @@ class TableCheck:
         """A vector of tables: the vector, then every element with ``verify``, one level
         deeper (each counts towards ``max_tables``)."""
         start, length = self._elements(slot, field, required)
-        if not length:
-            return
-        v = self.v
-        v.tables += length
-        v.depth += 1
-        if v.depth > v.max_depth:
-            raise VerificationError(
-                f"tables nested deeper than {v.max_depth} levels", start, self.name, field
-            )
-        if v.tables > v.max_tables:
-            raise VerificationError(
-                f"more than {v.max_tables} tables (a shared table counts each time it is reached)",
-                start,
-                self.name,
-                field,
-            )
-        buf = self.buf
-        size = self.size
-        at = start
-        for i in range(length):
-            relative: int = _u32(buf, at)[0]
-            pos = at + relative
-            if not relative or pos >= size:
-                raise self._element_fault(at, field, i, "table")
-            try:
-                verify(v, pos)
-            except VerificationError as err:
-                err.within(self.name, f"{field}[{i}]")
-                raise
-            at += 4
-        v.depth -= 1
+        self.v.table_vector(start, length, verify, self.name, field)
 
     def union(
         self,

@@ -283,9 +283,12 @@ def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
                 later.append(f"    t.strings({slot}, {name}{required})")
             elif item is BaseType.OBJ and not schema.objects[t.ref].is_struct:
                 conditions.append(placed(4, 4, _vector_fits(vector_at, 4)))
-                general = True
                 child = names.functions[t.ref]
-                later.append(f"    t.tables({slot}, {name}, {child}{required})")
+                later += [
+                    f"    if x := o[{k}]:",
+                    "        a = pos + x + U32(buf, pos + x)[0]",
+                    f'        v.table_vector(a + 4, U32(buf, a)[0], {child}, "{obj.short_name}", {name})',
+                ]
             else:
                 size = (
                     schema.objects[t.ref].bytesize if item is BaseType.OBJ else SCALAR_SIZES[item]

@@ -383,9 +383,12 @@ def verify_ClusterDescription(v: Verifier, pos: int) -> None:
     ):
         _check_ClusterDescription(v, pos)
         return
-    t = v.table(pos, "ClusterDescription")
-    t.tables(12, "nodes", verify_NodeInfo)
-    t.tables(14, "topics", verify_TopicInfo)
+    if x := o[4]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_NodeInfo, "ClusterDescription", "nodes")
+    if x := o[5]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_TopicInfo, "ClusterDescription", "topics")
 # fmt: on
 
 
@@ -614,8 +617,9 @@ def verify_TopicInfo(v: Verifier, pos: int) -> None:
     ):
         _check_TopicInfo(v, pos)
         return
-    t = v.table(pos, "TopicInfo")
-    t.tables(6, "partitions", verify_PartitionInfo)
+    if x := o[1]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_PartitionInfo, "TopicInfo", "partitions")
 # fmt: on
 
 

@@ -232,8 +232,9 @@ def verify_FetchReply(v: Verifier, pos: int) -> None:
     ):
         _check_FetchReply(v, pos)
         return
-    t = v.table(pos, "FetchReply")
-    t.tables(8, "records", verify_Record)
+    if x := o[2]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_Record, "FetchReply", "records")
 # fmt: on
 
 
@@ -326,8 +327,9 @@ def verify_ProduceRequest(v: Verifier, pos: int) -> None:
     ):
         _check_ProduceRequest(v, pos)
         return
-    t = v.table(pos, "ProduceRequest")
-    t.tables(8, "values", verify_Value)
+    if x := o[2]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_Value, "ProduceRequest", "values")
 # fmt: on
 
 

@@ -306,9 +306,12 @@ def verify_AppendBatch(v: Verifier, pos: int) -> None:
     ):
         _check_AppendBatch(v, pos)
         return
-    t = v.table(pos, "AppendBatch")
-    t.tables(4, "requests", verify_AppendRequest)
-    t.tables(6, "responses", verify_AppendResponse)
+    if x := o[0]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_AppendRequest, "AppendBatch", "requests")
+    if x := o[1]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_AppendResponse, "AppendBatch", "responses")
 # fmt: on
 
 
@@ -342,8 +345,9 @@ def verify_AppendRequest(v: Verifier, pos: int) -> None:
     ):
         _check_AppendRequest(v, pos)
         return
-    t = v.table(pos, "AppendRequest")
-    t.tables(16, "entries", verify_LogEntry)
+    if x := o[6]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_LogEntry, "AppendRequest", "entries")
 # fmt: on
 
 
@@ -447,9 +451,12 @@ def verify_HeartbeatBatch(v: Verifier, pos: int) -> None:
     ):
         _check_HeartbeatBatch(v, pos)
         return
-    t = v.table(pos, "HeartbeatBatch")
-    t.tables(4, "heartbeats", verify_Heartbeat)
-    t.tables(6, "responses", verify_HeartbeatResponse)
+    if x := o[0]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_Heartbeat, "HeartbeatBatch", "heartbeats")
+    if x := o[1]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_HeartbeatResponse, "HeartbeatBatch", "responses")
 # fmt: on
 
 
@@ -539,9 +546,12 @@ def verify_VoteBatch(v: Verifier, pos: int) -> None:
     ):
         _check_VoteBatch(v, pos)
         return
-    t = v.table(pos, "VoteBatch")
-    t.tables(4, "requests", verify_VoteRequest)
-    t.tables(6, "responses", verify_VoteResponse)
+    if x := o[0]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_VoteRequest, "VoteBatch", "requests")
+    if x := o[1]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_VoteResponse, "VoteBatch", "responses")
 # fmt: on
 
 

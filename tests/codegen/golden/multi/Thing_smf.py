@@ -157,10 +157,11 @@ def verify_Peer(v: Verifier, pos: int) -> None:
     ):
         _check_Peer(v, pos)
         return
-    t = v.table(pos, "Peer")
     if x := o[0]:
         v.visit(verify_Thing, pos + x + U32(buf, pos + x)[0], "Peer", "thing", -1)
-    t.tables(6, "things", verify_Thing)
+    if x := o[1]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_Thing, "Peer", "things")
 # fmt: on
 
 

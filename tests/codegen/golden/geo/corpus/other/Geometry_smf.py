@@ -264,7 +264,9 @@ def verify_Figure(v: Verifier, pos: int) -> None:
         return
     t = v.table(pos, "Figure")
     t.union(10, "shape", _Shape_VERIFIERS)
-    t.tables(12, "points", verify_Point)
+    if x := o[4]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_Point, "Figure", "points")
 # fmt: on
 
 

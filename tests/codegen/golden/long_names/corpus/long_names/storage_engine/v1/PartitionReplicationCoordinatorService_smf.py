@@ -290,7 +290,9 @@ def verify_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
         _check_ReplicateSegmentBatchResponsePayload(v, pos)
         return
     t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
-    t.tables(4, "acknowledged_segment_batches_by_each_follower", verify_ReplicateSegmentBatchRequestPayload)
+    if x := o[0]:
+        a = pos + x + U32(buf, pos + x)[0]
+        v.table_vector(a + 4, U32(buf, a)[0], verify_ReplicateSegmentBatchRequestPayload, "ReplicateSegmentBatchResponsePayload", "acknowledged_segment_batches_by_each_follower")
     t.union(8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS)
 # fmt: on
 
