@@ -109,10 +109,7 @@ def fetch_case(
         out = [table.Error(), table.LeaderAddress(), table.HighWatermark()]
         for i in range(table.RecordsLength()):
             r = table.Records(i)
-            tab = r._tab
-            o = tab.Offset(8)
-            start = tab.Vector(o)
-            out.append((r.Offset(), r.Crc(), bytes(tab.Bytes[start : start + tab.VectorLen(o)])))
+            out.append((r.Offset(), r.Crc(), bytes(r.ValueAsBytes())))
         return out
 
     return body, stub.verify_FetchReply, read

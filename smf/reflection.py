@@ -4,7 +4,7 @@ schemas (``.bfbs``) its services came from, so ``smf list`` and ``smf call`` nee
 
 A service's schema is found, in order: its ``schema_bfbs`` attribute (the bytes of a
 ``.bfbs``, or a path to one), then ``S_smf.bfbs`` next to the generated module its class
-derives from (``smfc --bfbs`` writes it). Services with neither still list their name
+derives from (``smfc`` writes it unless given ``--no-bfbs``). Services with neither still list their name
 and methods (wire ids, method names), with ``has_schema`` false.
 """
 
@@ -145,7 +145,7 @@ class ReflectionService(LazyService):
             if data is None:
                 raise NotFound(
                     f"the server has no schema for {wanted!r} (generate it with "
-                    "smfc --bfbs, or set the service's schema_bfbs)"
+                    "smfc without --no-bfbs, or set the service's schema_bfbs)"
                 )
             builder = flatbuffers.Builder(len(data) + 256)
             vector = builder.CreateByteVector(data)

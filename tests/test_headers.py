@@ -24,7 +24,7 @@ from smf import headers
 from smf.context import TIMEOUT_HEADER
 
 SCHEMA = """\
-namespace smf;
+namespace smf_rpc;
 table dynamic_header { key:string (key); value:string; }
 table payload_headers { dynamic_headers:[dynamic_header]; }
 root_type payload_headers;
@@ -236,16 +236,16 @@ def test_flatc_buffers_with_absent_fields(flatc: Flatc) -> None:
 
 def test_entry_without_key_is_refused() -> None:
     # flatc itself refuses to build one (a key field is required), so patch smf's:
-    # the entries share one vtable; zero its key slot.
+    # zero the key slot of the entry's vtable (found by its content: size 8, table 12).
     buf = bytearray(fb(headers.encode({"k": "v"})))
-    entry_vtable = 20
+    entry_vtable = buf.index(struct.pack("<HHHH", 8, 12, 4, 8))
     assert struct.unpack_from("<HHHH", buf, entry_vtable) == (8, 12, 4, 8)
     struct.pack_into("<H", buf, entry_vtable + 4, 0)
     with pytest.raises(smf.BadRequest, match="no key"):
         decode(bytes(buf))
     # A vtable that ends before the value slot: the value is absent, so "".
     buf = bytearray(fb(headers.encode({"k": "v"})))
-    struct.pack_into("<H", buf, entry_vtable, 6)
+    struct.pack_into("<H", buf, buf.index(struct.pack("<HHHH", 8, 12, 4, 8)), 6)
     assert decode(bytes(buf)) == {"k": ""}
 
 

@@ -37,17 +37,12 @@ from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any, Final, Generic, TypeVar
 
-import flatbuffers
-
 import smf
 
 from . import codec
 
 _GENERATED: Final = codec.GENERATED  # codec put the generated stubs on sys.path
 
-from broker import FetchRequest as _FetchRequest  # noqa: E402
-from broker import ProduceRequest as _ProduceRequest  # noqa: E402
-from broker import Value as _Value  # noqa: E402
 from broker.Admin_smf import AdminClient  # noqa: E402
 from broker.AdminReply import AdminReply  # noqa: E402
 from broker.ClusterDescription import ClusterDescription  # noqa: E402
@@ -56,8 +51,11 @@ from broker.Data_smf import DataClient  # noqa: E402
 from broker.DeleteTopicRequest import DeleteTopicRequestT  # noqa: E402
 from broker.DescribeRequest import DescribeRequestT  # noqa: E402
 from broker.FetchReply import FetchReply  # noqa: E402
+from broker.FetchRequest import FetchRequestT  # noqa: E402
 from broker.HealthRequest import HealthRequestT  # noqa: E402
 from broker.ProduceReply import ProduceReply  # noqa: E402
+from broker.ProduceRequest import ProduceRequestT  # noqa: E402
+from broker.Value import ValueT  # noqa: E402
 
 __all__ = [
     "AdminError",
@@ -781,40 +779,19 @@ class _Failed(Exception):
 # --------------------------------------------------------------------------- encoding
 
 
-def _produce_request(topic: str, partition: int, values: Sequence[bytes]) -> bytes:
-    """A ProduceRequest, values written as byte vectors (the object API would pack each
-    byte on its own)."""
-    builder = flatbuffers.Builder(128 + sum(len(v) + 16 for v in values))
-    offsets = []
-    for value in values:
-        data = builder.CreateByteVector(bytes(value))
-        _Value.ValueStart(builder)
-        _Value.ValueAddData(builder, data)
-        offsets.append(_Value.ValueEnd(builder))
-    _ProduceRequest.ProduceRequestStartValuesVector(builder, len(offsets))
-    for off in reversed(offsets):
-        builder.PrependUOffsetTRelative(off)
-    vector = builder.EndVector()
-    name = builder.CreateString(topic)
-    _ProduceRequest.ProduceRequestStart(builder)
-    _ProduceRequest.ProduceRequestAddTopic(builder, name)
-    _ProduceRequest.ProduceRequestAddPartition(builder, partition)
-    _ProduceRequest.ProduceRequestAddValues(builder, vector)
-    builder.Finish(_ProduceRequest.ProduceRequestEnd(builder))
-    return bytes(builder.Output())
+def _produce_request(topic: str, partition: int, values: Sequence[bytes]) -> bytearray:
+    """A ProduceRequest: each value copied once, into the message."""
+    return ProduceRequestT(
+        topic=topic, partition=partition, values=[ValueT(data=v) for v in values]
+    ).Encode()
 
 
-def _fetch_request(topic: str, partition: int, offset: int, max_records: int, local: bool) -> bytes:
-    builder = flatbuffers.Builder(64 + len(topic))
-    name = builder.CreateString(topic)
-    _FetchRequest.FetchRequestStart(builder)
-    _FetchRequest.FetchRequestAddTopic(builder, name)
-    _FetchRequest.FetchRequestAddPartition(builder, partition)
-    _FetchRequest.FetchRequestAddOffset(builder, offset)
-    _FetchRequest.FetchRequestAddMaxRecords(builder, max_records)
-    _FetchRequest.FetchRequestAddLocal(builder, local)
-    builder.Finish(_FetchRequest.FetchRequestEnd(builder))
-    return bytes(builder.Output())
+def _fetch_request(
+    topic: str, partition: int, offset: int, max_records: int, local: bool
+) -> bytearray:
+    return FetchRequestT(
+        topic=topic, partition=partition, offset=offset, maxRecords=max_records, local=local
+    ).Encode()
 
 
 def _admin_reply(reply: AdminReply) -> _Reply[None]:
@@ -826,16 +803,13 @@ def _produce_reply(reply: ProduceReply) -> _Reply[list[int]]:
     return _Reply(codec.text(reply.Error()), codec.text(reply.LeaderAddress()), offsets)
 
 
-_RECORD_VALUE: Final = 8  # Record: offset (4), crc (6), value (8)
-
-
 def _fetch_reply(reply: FetchReply) -> _Reply[tuple[list[tuple[int, int, bytes]], int]]:
     records = []
     for i in range(reply.RecordsLength()):
         record = reply.Records(i)
         if record is None:
             continue
-        records.append((record.Offset(), record.Crc(), codec.ubytes(record, _RECORD_VALUE)))
+        records.append((record.Offset(), record.Crc(), bytes(record.ValueAsBytes())))
     value = (records, reply.HighWatermark())
     return _Reply(codec.text(reply.Error()), codec.text(reply.LeaderAddress()), value)
 

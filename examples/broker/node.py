@@ -437,7 +437,7 @@ class DataService(Data):
             return ProduceReplyT(
                 error=NOT_LEADER, leaderAddress=node.address_of(group.raft.leader_id)
             )
-        values = [codec.ubytes(request.Values(i), 4) for i in range(request.ValuesLength())]
+        values = [codec.value_bytes(request.Values(i)) for i in range(request.ValuesLength())]
         try:
             proposed = [group.propose(v) for v in values]
         except raft.NotLeader as exc:

@@ -106,7 +106,7 @@ class _FakeData(Data):
             await asyncio.sleep(30)
         offsets = []
         for i in range(request.ValuesLength()):
-            value = codec.ubytes(request.Values(i), 4)
+            value = codec.value_bytes(request.Values(i))
             node.logs[request.Partition()].append((node.next_offset, value))
             offsets.append(node.next_offset)
             node.next_offset += 2  # gaps, like control entries

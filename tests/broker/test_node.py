@@ -110,7 +110,7 @@ async def fetch_local(c: Cluster, node: int) -> list[tuple[int, bytes]]:
         FetchRequestT(topic="t", partition=0, offset=0, maxRecords=1000, local=True)
     )
     return [
-        (reply.Records(i).Offset(), codec.ubytes(reply.Records(i), 8))
+        (reply.Records(i).Offset(), bytes(reply.Records(i).ValueAsBytes()))
         for i in range(reply.RecordsLength())
     ]
 

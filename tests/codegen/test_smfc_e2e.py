@@ -90,6 +90,17 @@ async def test_get_and_put_through_the_stubs(gen: Callable[[str], Any]) -> None:
         assert impl.seen == [b"alpha"]
 
 
+async def test_client_stub_names_its_methods_in_the_client_metrics(
+    gen: Callable[[str], Any],
+) -> None:
+    stub = gen("smf_gen.demo.SmfStorage_smf")
+    async with serving(storage_impl(gen)) as (_, client):
+        await stub.SmfStorageClient(client).Get(gen("smf_gen.demo.Request").RequestT(name="n"))
+        names = {m.name for m in client.methods}
+        assert "SmfStorage.Get" in names
+        assert str(stub.Get_WIRE_ID) not in names
+
+
 async def test_oracle_encoded_request_and_decoded_response(
     gen: Callable[[str], Any], flatc_exe: str, tmp_path: Path
 ) -> None:
@@ -107,7 +118,7 @@ async def test_oracle_encoded_request_and_decoded_response(
     async with serving(impl) as (_, client):
         for method, expected in (("Get", "got:from the flatc oracle"), ("Put", None)):
             response = await getattr(stub.SmfStorageClient(client), method)(payload)
-            body = bytes(response._tab.Bytes)
+            body = bytes(response._buf)
             decoded = json.loads(
                 flatc_json(
                     flatc_exe, IDL / "demo.fbs", body, "smf_gen.demo.Response", tmp_path / method
@@ -177,7 +188,7 @@ async def test_request_table_is_a_view_of_the_receive_buffer(
 
     class Inspect(stub.SmfStorage):  # type: ignore[misc]
         async def Get(self, request: Any, ctx: smf.CallContext) -> Any:
-            buf = request._tab.Bytes
+            buf = request._buf
             seen.update(buf=buf, obj=buf.obj, name=request.Name(), metadata=dict(ctx.metadata))
             return ResponseT(name=request.Name())
 
@@ -188,9 +199,9 @@ async def test_request_table_is_a_view_of_the_receive_buffer(
         )
         assert response.Name() == b"zero copy"
         # The client's response table reads the client's receive buffer, too.
-        assert isinstance(response._tab.Bytes, memoryview)
-        assert isinstance(response._tab.Bytes.obj, bytearray)
-        assert len(response._tab.Bytes.obj) >= client.buffer_size
+        assert isinstance(response._buf, memoryview)
+        assert isinstance(response._buf.obj, bytearray)
+        assert len(response._buf.obj) >= client.buffer_size
     (body,) = recorder.bodies
     assert seen["buf"] is body  # GetRootAs kept the runtime's view itself: no copy
     assert isinstance(seen["obj"], bytearray)  # a writable receive buffer, not bytes
@@ -209,13 +220,13 @@ async def test_returned_request_table_is_forwarded_as_is(
     class Echo(stub.Thing):  # type: ignore[misc]
         async def Echo(self, request: Any, ctx: smf.CallContext) -> Any:
             encoded = stub._encode__Thing(request)  # the table class is aliased _Thing
-            forwarded.append(encoded.obj is request._tab.Bytes.obj)
+            forwarded.append(encoded.obj is request._buf.obj)
             return request
 
     payload = flatc_binary(flatc_exe, SCHEMAS / "multi.fbs", DATA / "thing.json", tmp_path)
     async with serving(Echo()) as (_, client):
         reply = await stub.ThingClient(client).Echo(payload)
-        assert bytes(reply._tab.Bytes) == payload
+        assert bytes(reply._buf) == payload
         assert reply.Peer().Things(1).Id() == 4
     assert forwarded == [True]
 
@@ -261,7 +272,7 @@ async def test_several_services_on_one_server(gen: Callable[[str], Any]) -> None
         assert isinstance(circle, CircleT) and circle.radius == 4.0
         assert figure.Points(0).Pos().Z() == 5.0
         empty = await geometry.GeometryClient(client).Ping(EmptyT())
-        assert bytes(empty._tab.Bytes)
+        assert bytes(empty._buf)
         note = await other.GeometryClient(client).Annotate(NoteT(text="hi"))
         assert note.Name() == b"hi"
         area = await shapes.ShapesClient(client).Area(FigureT(name="x", points=[PointT()] * 3))

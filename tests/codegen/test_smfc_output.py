@@ -18,7 +18,6 @@ from typing import Any
 
 import flatbuffers
 import pytest
-from flatbuffers.table import Table
 from smfc_testlib import (
     DATA,
     HERE,
@@ -36,6 +35,7 @@ from smfc_testlib import (
 import smf
 import smf.stubs as smf_stubs
 import smf.wire
+from smf.codec import UnionValue
 
 pytest_plugins = ["smfc_testlib"]  # its fixtures: smfc_corpus, flatc_exe
 
@@ -102,10 +102,9 @@ def test_mypy_types_of_user_code_are_precise(mypy_corpus: tuple[Path, str]) -> N
 
 
 def test_mypy_strict_passes_on_rpc_fbs(tmp_path: Path) -> None:
-    # Its namespace is smf: checked alone, where its package cannot meet the runtime.
     out = tmp_path / "out"
     assert run_smfc("-o", out, IDL / "rpc.fbs").code == 0
-    proc = _mypy([out], tmp_path, None)
+    proc = _mypy([out], tmp_path, str(REPO))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -121,43 +120,20 @@ def test_ruff_passes_on_generated_code(smfc_corpus: Path) -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_stubs_match_flatc_modules(smfc_corpus: Path, tmp_path: Path) -> None:
-    """mypy's stubtest: every name and parameter of flatc's modules is in smfc's .pyi."""
-    modules = sorted(
-        p.relative_to(smfc_corpus).with_suffix("").as_posix().replace("/", ".")
-        for p in smfc_corpus.rglob("*.pyi")
+def test_generated_modules_are_typed_not_stubbed(smfc_corpus: Path) -> None:
+    """smfc writes typed modules (no .pyi, no ``# mypy: ignore-errors``), and ``Any`` only
+    where the value is a numpy array, a fixed-size array or a ``flatbuffers.Builder``."""
+    assert not list(smfc_corpus.rglob("*.pyi"))
+    allowed = re.compile(
+        r"AsNumpy\(self\) -> Any|def \w+\(self, j: int \| None = None\) -> Any|"
+        r"builder: Any|table: Any|_Leaves\(self\) -> tuple\[Any, \.\.\.\]"
     )
-    allowlist = tmp_path / "allowlist.txt"
-    allowlist.write_text(".*\\.np\n")  # flatc's module-level `np = import_numpy()`
-    config = tmp_path / "mypy.ini"
-    config.write_text(MYPY_CONFIG.format(cache=tmp_path / ".mypy_cache"))
-    env = {**os.environ, "MYPYPATH": str(smfc_corpus)}
-    proc = subprocess.run(
-        [
-            *tool("mypy.stubtest"),
-            "--mypy-config-file",
-            str(config),
-            "--allowlist",
-            str(allowlist),
-            "--ignore-unused-allowlist",  # `np` exists only where numpy is installed
-            *modules,
-        ],
-        cwd=smfc_corpus,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_stubs_leave_little_untyped(smfc_corpus: Path) -> None:
-    """``Any`` only where flatc returns numpy arrays, fixed-size arrays or raw tables."""
-    allowed = re.compile(r"AsNumpy\(self\) -> Any|def Arr\(self, j: int \| None = \.\.\.\) -> Any")
-    for stub in smfc_corpus.rglob("*.pyi"):
-        for line in stub.read_text().splitlines():
-            if "Any" in line and not line.lstrip().startswith(("from", "_tab", "_B", "_T")):
-                assert allowed.search(line), f"{stub.name}: {line}"
+    for module in smfc_corpus.rglob("*.py"):
+        text = module.read_text()
+        assert "ignore-errors" not in text, module
+        for line in text.splitlines():
+            if "Any" in line and line.lstrip().startswith("def "):
+                assert allowed.search(line), f"{module.name}: {line}"
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -210,17 +186,20 @@ def test_object_api_round_trip_against_flatc(
         builder = flatbuffers.Builder(0)
         builder.Finish(obj.Pack(builder))
         repacked = bytes(builder.Output())
+        encoded = bytes(obj.Encode())
     before = json.loads(flatc_json(flatc_exe, schema, original, root, tmp_path / "a"))
     after = json.loads(flatc_json(flatc_exe, schema, repacked, root, tmp_path / "b"))
+    fast = json.loads(flatc_json(flatc_exe, schema, encoded, root, tmp_path / "c"))
     assert after == before
+    assert fast == before
     assert before != {}
 
 
-# The stubs' types must be true: call every accessor of the samples and check the value.
+# The annotations must be true: call every accessor of the samples and check the value.
 
 
 class _StubTypes:
-    """Reads a generated .pyi: each class's methods and the names it imports."""
+    """Reads a generated module: each class's methods and the names it imports."""
 
     def __init__(self, stub: Path, load: Callable[[str], ModuleType], module: ModuleType) -> None:
         tree = ast.parse(stub.read_text())
@@ -238,13 +217,18 @@ class _StubTypes:
                 }
 
     def resolve(self, name: str) -> type | None:
-        builtin = {"int": int, "float": float, "bool": bool, "bytes": bytes, "str": str}
+        builtin = {
+            "int": int,
+            "float": float,
+            "bool": bool,
+            "bytes": bytes,
+            "str": str,
+            "memoryview": memoryview,
+        }
         if name in builtin:
             return builtin[name]
         if name == "None":
             return type(None)
-        if name == "_Table":
-            return Table
         if name in self.imports:
             module, attr = self.imports[name]
             value: type = getattr(self.load(module), attr)
@@ -286,7 +270,11 @@ def _check_table(stubs_of: Callable[[object], _StubTypes], table: object, seen: 
         for result in results:
             calls += 1
             types.check(result, returns, f"{type(table).__name__}.{name}")
-            if result is not None and hasattr(result, "_tab") and not isinstance(result, Table):
+            if (
+                result is not None
+                and hasattr(result, "_buf")
+                and not isinstance(result, UnionValue)
+            ):
                 calls += _check_table(stubs_of, result, seen)
     return calls
 
@@ -308,7 +296,7 @@ def test_stub_types_are_true(
         def stubs_of(table: object) -> _StubTypes:
             module = sys.modules[type(table).__module__]
             assert module.__file__ is not None
-            return _StubTypes(Path(module.__file__).with_suffix(".pyi"), load, module)
+            return _StubTypes(Path(module.__file__), load, module)
 
         table = _root_class(load, root).GetRootAs(buf, 0)
         assert _check_table(stubs_of, table, set()) >= 1
@@ -323,23 +311,23 @@ def demo(smfc_corpus: Path) -> Any:
         yield load("smf_gen.demo.SmfStorage_smf"), load
 
 
-def test_pack_returns_a_view_of_the_builder_without_copy(demo: Any) -> None:
+def test_encode_writes_one_bytearray_of_the_exact_size(demo: Any) -> None:
     _, load = demo
     response_t = load("smf_gen.demo.Response").ResponseT
-    view = smf_stubs.pack(response_t(name="zero copy"))
-    assert isinstance(view, memoryview)
-    assert isinstance(view.obj, bytearray)  # the builder's own buffer
-    assert len(view.obj) > view.nbytes  # a window on it: Output() would have copied
+    encoded = response_t(name="exact").Encode()
+    assert isinstance(encoded, bytearray)
+    assert len(encoded) == 4 + 8 + 6 + 2 + 4 + 6 + 2  # root, table, vtable, pad, string, pad
     builder = flatbuffers.Builder(0)
-    builder.Finish(response_t(name="zero copy").Pack(builder))
-    assert bytes(view) == bytes(builder.Output())
+    builder.Finish(response_t(name="exact").Pack(builder))
+    reread = load("smf_gen.demo.Response").Response.GetRootAs(bytes(builder.Output()))
+    assert response_t.InitFromObj(reread).Encode() == encoded
 
 
 def test_encoders_accept_every_form(demo: Any) -> None:
     stub, load = demo
     Response = load("smf_gen.demo.Response").Response
     ResponseT = load("smf_gen.demo.Response").ResponseT
-    packed = smf_stubs.pack(ResponseT(name="x"))
+    packed = ResponseT(name="x").Encode()
     raw = bytearray(packed)
     assert stub._encode_Response(raw) is raw  # finished buffers are sent as they are
     assert bytes(stub._encode_Response(ResponseT(name="x"))) == bytes(packed)
@@ -361,7 +349,7 @@ def test_check_root_refuses_what_cannot_be_a_flatbuffer(demo: Any) -> None:
         smf_stubs.check_request(memoryview(b"\x01\x02\x03"), None)
     with pytest.raises(smf.BadRequest):
         smf_stubs.check_request(memoryview(b"\xff\x00\x00\x00" + bytes(8)), None)
-    body = memoryview(bytes(smf_stubs.pack(stub.ResponseT(name="ok"))))
+    body = memoryview(bytes(stub.ResponseT(name="ok").Encode()))
     assert smf_stubs.check_request(body, None) is body
 
 
@@ -386,13 +374,24 @@ def test_services_plug_into_the_router(smfc_corpus: Path) -> None:
 
 
 def test_example_stubs_are_up_to_date(tmp_path: Path) -> None:
-    """examples/demo/generated is ``smfc --bfbs -o examples/demo/generated idl/demo.fbs``
+    """examples/demo/generated is ``smfc -o examples/demo/generated idl/demo.fbs``
     (with the binary schema, so ``smf list``/``smf call`` work against the demo server)."""
     shipped = REPO / "examples" / "demo" / "generated"
-    result = run_smfc("--bfbs", "-o", tmp_path, IDL / "demo.fbs")
+    result = run_smfc("-o", tmp_path, IDL / "demo.fbs")
     assert result.code == 0, result.err
     assert snapshot(shipped) == snapshot(tmp_path), (
-        "stale: run smfc --bfbs -o examples/demo/generated idl/demo.fbs"
+        "stale: run smfc -o examples/demo/generated idl/demo.fbs"
+    )
+
+
+def test_smf_rpc_package_is_up_to_date(tmp_path: Path) -> None:
+    """smf_rpc/ (the runtime's own wire types and built-in services) is
+    ``smfc -o . idl/rpc.fbs idl/health.fbs idl/reflection.fbs``."""
+    schemas = [IDL / "rpc.fbs", IDL / "health.fbs", IDL / "reflection.fbs"]
+    result = run_smfc("-o", tmp_path, *schemas)
+    assert result.code == 0, result.err
+    assert snapshot(REPO / "smf_rpc") == snapshot(tmp_path / "smf_rpc"), (
+        "stale: run smfc -o . idl/rpc.fbs idl/health.fbs idl/reflection.fbs"
     )
 
 
@@ -406,14 +405,14 @@ def _load_file(path: Path, name: str) -> ModuleType:
 
 def test_rpc_fbs_header_is_the_wire_header(tmp_path: Path) -> None:
     assert run_smfc("-o", tmp_path, IDL / "rpc.fbs").code == 0
-    header = _load_file(tmp_path / "smf" / "header.py", "_smfc_rpc_header")
+    header = _load_file(tmp_path / "smf_rpc" / "header.py", "_smfc_rpc_header")
     assert header.header.SizeOf() == smf.wire.HEADER_SIZE == 16
     builder = flatbuffers.Builder(0)
     builder.Finish(header.CreateHeader(builder, 3, 1, 0xBEEF, 60, 2292149667, 1792279101))
     buf = builder.Output()
     struct_bytes = bytes(buf[-16:])
     assert struct_bytes == smf.wire.HEADER.pack(3, 1, 0xBEEF, 60, 2292149667, 1792279101)
-    flags = _load_file(tmp_path / "smf" / "header_bit_flags.py", "_smfc_rpc_flags")
+    flags = _load_file(tmp_path / "smf_rpc" / "header_bit_flags.py", "_smfc_rpc_flags")
     assert flags.header_bit_flags.has_payload_headers == smf.wire.FLAG_PAYLOAD_HEADERS
 
 
@@ -421,7 +420,7 @@ def test_rpc_fbs_describes_the_runtimes_payload_headers(flatc_exe: str, tmp_path
     headers = pytest.importorskip("smf.headers")
     prefixed = headers.encode({"b": "2", "a": "1"})
     decoded = json.loads(
-        flatc_json(flatc_exe, IDL / "rpc.fbs", prefixed[4:], "smf.payload_headers", tmp_path)
+        flatc_json(flatc_exe, IDL / "rpc.fbs", prefixed[4:], "smf_rpc.payload_headers", tmp_path)
     )
     assert decoded == {"dynamic_headers": [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}]}
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import flatbuffers
 import pytest
-from flatbuffers.table import Table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smfc_testlib import DATA, IDL, SCHEMAS, flatc_binary, imported_from, run_smfc
 
 import smf
 import smf.stubs as smf_stubs
+from smf.codec import UnionValue
 from smf.verify import VerificationError, Verifier, verify_buffer
 
 pytest_plugins = ["smfc_testlib"]  # its fixtures: smfc_corpus, flatc_exe
@@ -144,7 +144,7 @@ def read_everything(obj: Any, calls: list[int]) -> None:
             continue  # struct accessors taking an object to fill: the object API reads them
         calls[0] += len(results)
         for result in results:
-            if hasattr(result, "_tab") and not isinstance(result, Table):
+            if hasattr(result, "_buf") and not isinstance(result, UnionValue):
                 read_everything(result, calls)
 
 
