@@ -14,12 +14,11 @@ from .codec import Buffer, DecodeError, EncodeError
 from .context import CallContext
 from .errors import BadRequest
 from .router import Handler, Payload
-from .verify import I32, U16X2, U32, VerificationError, Verifier, VerifyFn, vtable_reader
+from .verify import OUT_OF_BOUNDS, U32, VerificationError, Verifier, VerifyFn, vtable_reader
 
 __all__ = [
     "DEFAULT",
-    "I32",
-    "U16X2",
+    "OUT_OF_BOUNDS",
     "U32",
     "Buffer",
     "CallContext",

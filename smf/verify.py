@@ -23,8 +23,10 @@ subtrees (a DAG) are bounded by ``max_tables`` as in C++.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import struct
+import sys
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Final
 
@@ -39,10 +41,11 @@ _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 _u16x2 = struct.Struct("<HH").unpack_from
+OUT_OF_BOUNDS: Final = (IndexError, struct.error)
+"""What a read past the end of the buffer raises, through ``Verifier.words`` (a
+``memoryview``) or ``unpack_from``: the fast path's bounds checks."""
 _VTABLE_READERS: dict[int, Callable[[memoryview, int], tuple[int, ...]]] = {}
-I32: Final[Callable[[memoryview, int], tuple[int]]] = _i32
 U32: Final[Callable[[memoryview, int], tuple[int]]] = _u32
-U16X2: Final[Callable[[memoryview, int], tuple[int, int]]] = _u16x2
 
 
 def vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
@@ -55,6 +58,17 @@ def _vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
     if reader is None:
         reader = _VTABLE_READERS[n] = struct.Struct(f"<{n}H").unpack_from
     return reader
+
+
+def _words(view: memoryview) -> memoryview:
+    """``view`` (bytes) as uint32s in the buffer's byte order (little-endian)."""
+    whole = view if not view.nbytes & 3 else view[: view.nbytes & -4]
+    if sys.byteorder == "little":
+        return whole.cast("I")
+    words = array.array("I")  # a copy, swapped: big-endian machines only
+    words.frombytes(whole)
+    words.byteswap()
+    return memoryview(words)
 
 
 VerifyFn = Callable[["Verifier", int], None]
@@ -118,7 +132,7 @@ class Verifier:
     the event loop for about a second.
     """
 
-    __slots__ = ("buf", "depth", "max_depth", "max_tables", "size", "tables")
+    __slots__ = ("buf", "depth", "max_depth", "max_tables", "size", "tables", "words")
 
     default_max_depth: ClassVar[int] = DEFAULT_MAX_DEPTH
     default_max_tables: ClassVar[int] = DEFAULT_MAX_TABLES
@@ -135,6 +149,7 @@ class Verifier:
             view = view.cast("B")
         self.buf = view
         self.size = view.nbytes
+        self.words = _words(view)
         self.max_depth = self.default_max_depth if max_depth is None else max_depth
         if max_tables is None:
             # Each table takes at least 4 bytes, so a buffer of n bytes holds at most n/4
@@ -150,6 +165,11 @@ class Verifier:
                 f"a {self.size}-byte buffer is larger than FlatBuffers allow (< 2 GiB)", 0
             )
 
+    words: memoryview
+    """The buffer as little-endian uint32s (``words[pos >> 2]`` is the uint32 at ``pos``,
+    for ``pos`` 4-byte aligned; a trailing partial word is left out): a read costs half of
+    an ``unpack_from``, and one past the end raises ``IndexError``."""
+
     # ----------------------------------------------------------------- entry points
 
     def root(self, verify: VerifyFn) -> None:
@@ -164,7 +184,9 @@ class Verifier:
             err.__traceback__ = None  # its frames hold views of the buffer
             fault = err
         else:
+            self.words.release()
             return
+        self.words.release()
         with contextlib.suppress(BufferError):
             self.buf.release()
         raise fault
@@ -261,34 +283,33 @@ class Verifier:
         return TableCheck(self, pos, vtable, vsize, tsize, name)
 
     # ----------------------------------------------------------------- fast path
-    # The generated ``verify_T`` first tries these: they answer True/None instead of
-    # raising, so a table whose fields all pass is checked without a ``TableCheck`` and
-    # one call per field. Anything they refuse is checked again by the general path
-    # (``TableCheck``, through the generated ``_check_T``), which raises the precise fault.
-
-    def fields(self, pos: int, n: int) -> tuple[int, ...] | None:
-        """The offsets of the table at ``pos``'s ``n`` fields (0: absent), then its size;
-        None when the table, its vtable or its size is not in order (see ``table``)."""
-        buf = self.buf
-        size = self.size
-        if pos & 3 or pos > size - 4:
-            return None
-        vt = pos - _i32(buf, pos)[0]
-        if vt < 0 or vt > size - 4 or vt & 1:
-            return None
-        vsize, tsize = _u16x2(buf, vt)
-        if vsize & 1 or vsize < 4 or vsize > size - vt or tsize < 4 or tsize > size - pos:
-            return None
-        have = (vsize - 4) >> 1
-        if have >= n:
-            offsets: tuple[int, ...] = _vtable_reader(n)(buf, vt + 4)
-            return (*offsets, tsize)
-        return (*_vtable_reader(have)(buf, vt + 4), *(0,) * (n - have), tsize)
+    # The generated ``verify_T`` and ``_each_T`` check a table inline and hand anything
+    # they refuse to the general path (``TableCheck``, through the generated ``_check_T``),
+    # which raises the precise fault. These are their helpers.
 
     def short_offsets(self, vt: int, vsize: int, n: int) -> tuple[int, ...]:
-        """The ``n`` field offsets of a vtable (checked) shorter than the schema's."""
+        """The ``n`` field offsets of a vtable shorter than the schema's (the fields it
+        leaves out are absent: 0); all 0 when ``vsize`` is too small to be a vtable's."""
         have = (vsize - 4) >> 1
+        if have <= 0:
+            return (0,) * n
         return (*_vtable_reader(have)(self.buf, vt + 4), *(0,) * (n - have))
+
+    def over_limits(self, at: int, table: str, field: str) -> None:
+        """Raise the fault of a depth or table count past the limits (``at``: where the
+        vector or table that crossed them is)."""
+        if self.depth > self.max_depth:
+            raise VerificationError(
+                f"tables nested deeper than {self.max_depth} levels", at, table, field
+            )
+        if self.tables > self.max_tables:
+            raise VerificationError(
+                f"more than {self.max_tables} tables (a shared table counts each time it is "
+                "reached)",
+                at,
+                table,
+                field,
+            )
 
     def table_vector(
         self, start: int, length: int, verify: VerifyFn, table: str, field: str
@@ -300,18 +321,8 @@ class Verifier:
             return
         self.tables += length
         self.depth += 1
-        if self.depth > self.max_depth:
-            raise VerificationError(
-                f"tables nested deeper than {self.max_depth} levels", start, table, field
-            )
-        if self.tables > self.max_tables:
-            raise VerificationError(
-                f"more than {self.max_tables} tables (a shared table counts each time it is "
-                "reached)",
-                start,
-                table,
-                field,
-            )
+        if self.depth > self.max_depth or self.tables > self.max_tables:
+            self.over_limits(start, table, field)
         buf = self.buf
         size = self.size
         at = start
@@ -332,37 +343,36 @@ class Verifier:
             at += 4
         self.depth -= 1
 
-    def ok_offset(self, at: int) -> bool:
-        """The uoffset at ``at`` is not 0 and points inside the buffer."""
+    def element(self, verify: VerifyFn, at: int, i: int, table: str, field: str) -> None:
+        """Element ``i`` of a vector of tables, whose offset is at ``at``, checked on its
+        own with ``verify`` (at the vector's depth); a fault names it ``field[i]``."""
         relative: int = _u32(self.buf, at)[0]
-        return relative != 0 and at + relative < self.size
-
-    def ok_string(self, at: int) -> bool:
-        """The uoffset at ``at`` points to a string inside the buffer, NUL-terminated."""
-        buf = self.buf
-        size = self.size
-        relative: int = _u32(buf, at)[0]
         pos = at + relative
-        if not relative or pos & 3 or pos > size - 4:
-            return False
-        end: int = pos + 4 + _u32(buf, pos)[0]
-        return end < size and not buf[end]
+        if not relative or pos >= self.size:
+            try:
+                self.offset(at, table, field, "table")
+            except VerificationError as err:
+                err.path[0] = f"{field}[{i}]"
+                raise
+        try:
+            verify(self, pos)
+        except VerificationError as err:
+            err.within(table, f"{field}[{i}]")
+            raise
 
-    def ok_vector(self, at: int, elem_size: int) -> bool:
-        """The uoffset at ``at`` points to a vector of ``elem_size``-byte elements that fits."""
+    def strings_ok(self, start: int, length: int) -> bool:
+        """The ``length`` offsets from ``start`` (a vector that fits) all point to strings
+        inside the buffer, 4-byte aligned and NUL-terminated."""
+        u = self.words
         buf = self.buf
-        size = self.size
-        relative: int = _u32(buf, at)[0]
-        pos = at + relative
-        if not relative or pos & 3 or pos > size - 4:
+        try:
+            for at in range(start, start + 4 * length, 4):
+                relative = u[at >> 2]
+                if not relative or relative & 3 or buf[(p := at + relative) + 4 + u[p >> 2]]:
+                    return False
+        except OUT_OF_BOUNDS:
             return False
-        length: int = _u32(buf, pos)[0]
-        return length * elem_size <= size - pos - 4
-
-    def deref(self, at: int) -> int:
-        """Where the uoffset at ``at`` points (checked with ``ok_offset`` first)."""
-        pos: int = at + _u32(self.buf, at)[0]
-        return pos
+        return True
 
     # ----------------------------------------------------------------- primitives
     # Each takes the position of a uoffset (already known to lie inside a checked table

@@ -13,7 +13,7 @@ import jinja2
 from .layout import parameter, parenthesized
 from .model import Method, Object, Schema, Service
 from .tables import ImportTable, module_of
-from .verifiers import plan, render_fast, render_table, render_union, vtable_readers
+from .verifiers import plan, render_each, render_fast, render_table, render_union, vtable_readers
 
 STUB_SUFFIX = "_smf"
 
@@ -37,9 +37,8 @@ _MODULE_NAMES = frozenset(
         "check_request",
         "encode",
         "name_methods",
-        "I32",
-        "U32",
-        "U16X2",
+        "OUT_OF_BOUNDS",
+        "VerificationError",
         "vtable_reader",
         "Default",
         "Verifier",
@@ -266,6 +265,15 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
     for obj in tables:
         doc = docstring([f"Checks a ``{obj.name}`` table."], " " * 4)
         view.verifiers.append(render_fast(schema, verifiers, obj, doc))
+        if obj.name in verifiers.vectors:
+            each = docstring(
+                [
+                    f"Checks the ``n`` ``{obj.name}`` tables of a vector whose offsets "
+                    "start at ``start``."
+                ],
+                " " * 4,
+            )
+            view.verifiers.append(render_each(schema, verifiers, obj, each))
         general = docstring([f"The general checks of ``{obj.name}``: precise faults."], " " * 4)
         view.verifiers.append(render_table(schema, verifiers, obj, general))
     view.verifiers += [render_union(schema, verifiers, union) for union in unions]

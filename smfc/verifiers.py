@@ -2,9 +2,13 @@
 """Renders the verifiers of a stub module: one ``verify_T(v, pos)`` per table a service
 sends or receives (and every table those reach), over the primitives of ``smf.verify``.
 
-Each function opens its table and checks its fields in id order, one line per field::
+Each table gets three functions. ``verify_T`` (the fast path, ``render_fast``) checks the
+table and its fields in one inline expression and hands anything unusual to ``_check_T``;
+``_each_T`` (``render_each``, for tables held in vectors) does the same for every element
+of a vector in one loop. ``_check_T`` (the general path) opens its table and checks its
+fields in id order, one line per field, raising the precise fault::
 
-    def verify_Figure(v: Verifier, pos: int) -> None:
+    def _check_Figure(v: Verifier, pos: int) -> None:
         t = v.table(pos, "Figure")
         t.scalar(4, "id", 8)
         t.string(6, "name", required=True)
@@ -51,10 +55,16 @@ class Verifiers:
     functions: dict[str, str] = field(default_factory=dict)  # table -> verify_T
     checks: dict[str, str] = field(default_factory=dict)  # table -> _check_T (general path)
     unions: dict[str, str] = field(default_factory=dict)  # union -> _U_VERIFIERS
+    vectors: dict[str, str] = field(default_factory=dict)  # vector element -> _each_T
 
     def names(self) -> set[str]:
         """The module-level names the verifiers define."""
-        return {*self.functions.values(), *self.checks.values(), *self.unions.values()}
+        return {
+            *self.functions.values(),
+            *self.checks.values(),
+            *self.unions.values(),
+            *self.vectors.values(),
+        }
 
 
 def _nested_type(schema: Schema, owner: Object, f: Field) -> Object | None:
@@ -141,6 +151,11 @@ def plan(schema: Schema, roots: Iterable[Object]) -> tuple[Verifiers, list[Objec
         out.checks[t.name] = f"_check_{stem(t.name)}"
     for u in unions:
         out.unions[u.name] = f"_{stem(u.name)}_VERIFIERS"
+    for t in tables:
+        for f in _live(t.fields):
+            element = schema.objects.get(f.type.ref) if f.type.base is BaseType.VECTOR else None
+            if element is not None and not element.is_struct and not general_only(schema, element):
+                out.vectors[element.name] = f"_each_{stem(element.name)}"
     return out, tables, unions
 
 
@@ -209,126 +224,256 @@ def render_union(schema: Schema, names: Verifiers, enum: Enum) -> str:
     return "\n".join(lines)
 
 
-def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
-    """``def verify_T(v, pos)``: the fast path. One expression checks the table and every
-    field that needs no recursion (placement in the table, alignment, offsets, strings,
-    vectors of scalars and structs), inline: no call per field. If anything is off it
-    hands the table to ``_check_T`` (the general path, which raises the precise fault or
-    passes what the fast path was too strict for). Then the tables it holds are
-    verified, one level deeper, as the general path does."""
-    fn = names.functions[obj.name]
-    check = names.checks[obj.name]
-    live = [f for f in _live(obj.fields) if f.type.base is not BaseType.UTYPE]
-    n = max((f.id for f in obj.fields), default=-1) + 1
-    conditions: list[str] = []
-    later: list[str] = []
-    general = False
-    offset_ok = "(r := U32(buf, a)[0]) != 0 and a + r < size"
-    vector_at = "(r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4"
-    for f in live:
+@dataclass
+class _Check:
+    """One field's fast check: ``static`` depends only on the table's vtable (so the
+    tables of a vector written with equal vtables share it), ``dynamic`` on where the
+    table lies; both apply when the field is present (``optional``: absent passes)."""
+
+    x: str
+    optional: bool
+    static: str
+    dynamic: str = ""
+
+    def render(self, part: str) -> str:
+        if not part:
+            return ""
+        return f"(not {self.x} or ({part}))" if self.optional else f"({self.x} and ({part}))"
+
+
+@dataclass
+class _Fast:
+    """The fast checks of one table; ``later`` runs once they passed: the tables it holds,
+    one level deeper, and the general checks of unions and nested buffers (``general``)."""
+
+    n: int
+    checks: list[_Check] = field(default_factory=list)
+    later: list[str] = field(default_factory=list)
+    general: bool = False
+
+    def single(self) -> list[str]:
+        """Each field's checks, static then dynamic, in one condition."""
+        return [c.render(" and ".join(p for p in (c.static, c.dynamic) if p)) for c in self.checks]
+
+    def static(self) -> list[str]:
+        return [c.render(c.static) for c in self.checks if c.static]
+
+    def dynamic(self) -> list[str]:
+        return [c.render(c.dynamic) for c in self.checks if c.dynamic]
+
+
+def _fast(schema: Schema, names: Verifiers, obj: Object) -> _Fast:
+    out = _Fast(_slots(obj))
+    owner = f'"{obj.short_name}"'
+    for f in _live(obj.fields):
         t = f.type
+        if t.base is BaseType.UTYPE:
+            continue  # checked with its union
         k = f.id
-        slot = 4 + 2 * k
+        x = f"x{k}"
         name = f'"{f.name}"'
         required = ", required=True" if f.required else ""
+        optional = not f.required
 
-        def placed(size: int, align: int, content: str = "", f: Field = f, k: int = k) -> str:
-            inner = f"x + {size} <= tsize" if size > 1 else "x < tsize"
-            if content:
-                inner += f" and not (a := pos + x) & 3 and {content}"
-            elif align > 1:
-                inner += f" and not (pos + x) & {align - 1}"
-            if f.required:
-                return f"((x := o[{k}]) != 0 and {inner})"
-            return f"(not (x := o[{k}]) or ({inner}))"
+        def inline(size: int, align: int, x: str = x, optional: bool = optional) -> None:
+            """A scalar or struct stored in the table: inside it and aligned (the table
+            is 4-byte aligned, so up to 4 that is the offset's own alignment)."""
+            place = f"{x} + {size} <= tsize" if size > 1 else f"{x} < tsize"
+            if 1 < align <= 4:
+                place += f" and not {x} & {align - 1}"
+            dynamic = f"not (pos + {x}) & {align - 1}" if align > 4 else ""
+            out.checks.append(_Check(x, optional, place, dynamic))
+
+        def offset(deref: str, x: str = x, optional: bool = optional) -> None:
+            """An offset stored in the table (4 bytes, aligned), then what it points to."""
+            static = f"{x} + 4 <= tsize and not {x} & 3"
+            out.checks.append(_Check(x, optional, static, f"(r := u[(a := pos + {x}) >> 2]) and {deref}"))
+
+        def vector(size: int, k: int = k) -> str:
+            return f"not r & 3 and u[(p{k} := a + r) >> 2] * {size} <= size - p{k} - 4"
 
         nested = _nested_type(schema, obj, f)
         if t.base in SCALAR_SIZES:
-            conditions.append(placed(SCALAR_SIZES[t.base], SCALAR_SIZES[t.base]))
+            inline(SCALAR_SIZES[t.base], SCALAR_SIZES[t.base])
         elif t.base is BaseType.STRING:
-            conditions.append(
-                placed(
-                    4,
-                    4,
-                    f"{vector_at} and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e]",
-                )
-            )
+            offset("not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]")
         elif t.base is BaseType.OBJ:
             target = schema.objects[t.ref]
             if target.is_struct:
-                conditions.append(placed(target.bytesize, target.minalign))
+                inline(target.bytesize, target.minalign)
             else:
-                conditions.append(placed(4, 4, offset_ok))
-                child = names.functions[target.name]
-                later += [
-                    f"    if x := o[{k}]:",
-                    f'        v.visit({child}, pos + x + U32(buf, pos + x)[0], "{obj.short_name}", {name}, -1)',
+                offset(f"(c{k} := a + r) < size")
+                out.later += [
+                    f"if {x}:",
+                    f"    v.visit({names.functions[target.name]}, c{k}, {owner}, {name}, -1)",
                 ]
         elif t.base is BaseType.UNION:
-            conditions.append(f"(not (y := o[{k - 1}]) or y < tsize)")
-            conditions.append(placed(4, 4, offset_ok))
-            general = True
-            later.append(f"    t.union({slot}, {name}, {names.unions[t.ref]}{required})")
+            out.checks.append(_Check(f"x{k - 1}", True, f"x{k - 1} < tsize"))
+            offset("a + r < size")
+            out.general = True
+            out.later.append(f"t.union({4 + 2 * k}, {name}, {names.unions[t.ref]}{required})")
         elif t.base is BaseType.VECTOR:
             item = t.element
             if nested is not None:
-                conditions.append(placed(4, 4, _vector_fits(vector_at, 1)))
-                general = True
-                later.append(
-                    f"    t.nested({slot}, {name}, {names.functions[nested.name]}{required})"
+                offset(vector(1))
+                out.general = True
+                out.later.append(
+                    f"t.nested({4 + 2 * k}, {name}, {names.functions[nested.name]}{required})"
                 )
             elif item is BaseType.STRING:
-                conditions.append(placed(4, 4, _vector_fits(vector_at, 4)))
-                general = True
-                later.append(f"    t.strings({slot}, {name}{required})")
+                offset(
+                    f"not r & 3 and (m{k} := u[(p{k} := a + r) >> 2]) * 4 <= size - p{k} - 4"
+                    f" and v.strings_ok(p{k} + 4, m{k})"
+                )
             elif item is BaseType.OBJ and not schema.objects[t.ref].is_struct:
-                conditions.append(placed(4, 4, _vector_fits(vector_at, 4)))
-                child = names.functions[t.ref]
-                later += [
-                    f"    if x := o[{k}]:",
-                    "        a = pos + x + U32(buf, pos + x)[0]",
-                    f'        v.table_vector(a + 4, U32(buf, a)[0], {child}, "{obj.short_name}", {name})',
-                ]
+                offset(vector(4))
+                child = schema.objects[t.ref]
+                each = names.vectors.get(child.name)
+                call = (
+                    f"{each}(v, p{k} + 4, u[p{k} >> 2], {owner}, {name})"
+                    if each
+                    else f"v.table_vector(p{k} + 4, u[p{k} >> 2], "
+                    f"{names.functions[child.name]}, {owner}, {name})"
+                )
+                out.later += [f"if {x}:", f"    {call}"]
             else:
                 size = (
                     schema.objects[t.ref].bytesize if item is BaseType.OBJ else SCALAR_SIZES[item]
                 )
-                conditions.append(placed(4, 4, _vector_fits(vector_at, size)))
+                offset(vector(size))
         else:
             raise VerifierError(f"{obj.name}.{f.name}: cannot verify a field of type {t.base.name}")
-    lines = ["# fmt: off", f"def {fn}(v: Verifier, pos: int) -> None:", doc]
+    return out
+
+
+def _slots(obj: Object) -> int:
+    """How many vtable entries the schema gives the table (deprecated fields included)."""
+    return max((f.id for f in obj.fields), default=-1) + 1
+
+
+def _vtable(n: int, indent: str, target: str) -> list[str]:
+    """Unpack the vtable at ``vt``: its size, the table's and the ``n`` field offsets,
+    zero for those a shorter vtable (an older writer, or trailing defaults) leaves out."""
+    xs = ", ".join(f"x{k}" for k in range(n))
+    lines = [f"{indent}vsize, tsize{', ' + xs if n else ''} = {target}"]
+    if n:
+        lines += [
+            f"{indent}if vsize < {4 + 2 * n}:",
+            f"{indent}    {xs}{',' if n == 1 else ''} = v.short_offsets(vt, vsize, {n})",
+        ]
+    return lines
+
+
+def _chain(indent: str, head: str, conditions: list[str], tail: str = "") -> list[str]:
+    """``head`` followed by the conditions joined with ``and``, one per line."""
+    if not conditions:
+        return [f"{indent}{head}True{tail}"]
+    lines = [f"{indent}{head}("]
+    for i, c in enumerate(conditions):
+        lines.append(f"{indent}    {c}" + (" and" if i < len(conditions) - 1 else ""))
+    lines.append(f"{indent}){tail}")
+    return lines
+
+
+_READ_VTABLE = "_VT_{m}(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)"
+
+
+def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
+    """``def verify_T(v, pos)``: the fast path. One expression checks the table and every
+    field that needs no recursion (placement in the table, alignment, offsets, strings,
+    vectors of scalars, structs and strings), inline: no call per field. Reads go through
+    ``v.words`` (the buffer as uint32s) and ``unpack_from``; one past the end raises
+    ``OUT_OF_BOUNDS``, which (as any check that fails) hands the table to ``_check_T``,
+    the general path, which raises the precise fault or passes what the fast path was too
+    strict for. Then the tables it holds are verified, one level deeper."""
+    fast = _fast(schema, names, obj)
+    n = fast.n
+    lines = ["# fmt: off", f"def {names.functions[obj.name]}(v: Verifier, pos: int) -> None:", doc]
+    lines += ["    u = v.words", "    buf = v.buf", "    size = v.size", "    try:"]
+    lines += _vtable(n, "        ", _READ_VTABLE.format(m=n + 2))
+    table = "not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos"
+    lines += _chain("        ", "ok = ", [table, *fast.single()])
     lines += [
-        "    buf = v.buf",
-        "    size = v.size",
-        "    o: tuple[int, ...] | None = None",
-        "    tsize = 0",
-        "    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:",
-        "        vsize, tsize = U16X2(buf, vt)",
-        "        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:",
-        f"            o = _VTABLE_{n}(buf, vt + 4) if vsize >= {4 + 2 * n} else v.short_offsets(vt, vsize, {n})",
+        "    except OUT_OF_BOUNDS:",
+        "        ok = False",
+        "    if not ok:",
+        f"        {names.checks[obj.name]}(v, pos)",
+        "        return",
     ]
-    if conditions:
-        lines.append("    if o is None or not (")
-        if len(conditions) == 1 and conditions[0].startswith("(") and conditions[0].endswith(")"):
-            conditions = [conditions[0][1:-1]]  # no parentheses in parentheses (ruff's UP034)
-        for i, c in enumerate(conditions):
-            lines.append(f"        {c}" + (" and" if i < len(conditions) - 1 else ""))
-        lines.append("    ):")
-    else:
-        lines.append("    if o is None:")
-    lines += [f"        {check}(v, pos)", "        return"]
-    if general:
+    if fast.general:
         lines.append(f'    t = v.table(pos, "{obj.short_name}")')
-    lines += later
+    lines += [f"    {line}" for line in fast.later]
     lines.append("# fmt: on")
     return "\n".join(lines)
 
 
-def _vector_fits(vector_at: str, size: int) -> str:
-    return f"{vector_at} and U32(buf, p)[0] * {size} <= size - p - 4"
+def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
+    """``def _each_T(v, start, n, table, field)``: the tables of a vector of ``T``, each
+    checked as ``verify_T`` does inline, one level deeper. The checks that depend only on
+    a vtable run once per distinct vtable (an encoder writes the same one for every
+    element whose fields are laid out alike); an element that fails anything is checked
+    again on its own by ``verify_T`` (through ``Verifier.element``, which names it)."""
+    fast = _fast(schema, names, obj)
+    n = fast.n
+    lines = [
+        "# fmt: off",
+        f"def {names.vectors[obj.name]}(v: Verifier, start: int, n: int, table: str, field: str) -> None:",
+        doc,
+        "    v.tables += n",
+        "    v.depth += 1",
+        "    if v.depth > v.max_depth or v.tables > v.max_tables:",
+        "        v.over_limits(start, table, field)",
+        "    u = v.words",
+        "    buf = v.buf",
+        "    size = v.size",
+        "    known: object = None",
+        "    good: object = False",
+        "    for at in range(start, start + 4 * n, 4):",
+        "        try:",
+        "            pos = at + u[at >> 2]",
+        f"            if (t := {_READ_VTABLE.format(m=n + 2)}) != known:",
+        "                known = t",
+    ]
+    lines += _vtable(n, "                ", "t")
+    lines += _chain(
+        "                ",
+        "good = ",
+        [f"4 <= vsize <= {4 + 2 * n} and not vsize & 1 and 4 <= tsize", *fast.static()],
+    )
+    lines += _chain(
+        "            ",
+        "ok = ",
+        ["good and not (pos & 3 | vt & 1) and tsize <= size - pos", *fast.dynamic()],
+    )
+    lines += [
+        "        except OUT_OF_BOUNDS:",
+        "            ok = False",
+        "        if not ok:",
+        f"            v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
+    ]
+    if fast.later:
+        lines += ["            continue", "        try:"]
+        lines += [f"            {line}" for line in fast.later]
+        lines += [
+            "        except VerificationError as err:",
+            '            err.within(table, f"{field}[{(at - start) >> 2}]")',
+            "            raise",
+        ]
+    lines += ["    v.depth -= 1", "# fmt: on"]
+    return "\n".join(lines)
+
+
+def general_only(schema: Schema, obj: Object) -> bool:
+    """Whether the table's fast path ends in general checks (unions, nested buffers):
+    its vectors are then walked by ``Verifier.table_vector``."""
+    for f in _live(obj.fields):
+        if f.type.base is BaseType.UNION or _nested_type(schema, obj, f) is not None:
+            return True
+    return False
 
 
 def vtable_readers(schema: Schema, tables: Iterable[Object]) -> list[str]:
-    """The module constants the fast verifiers unpack vtables with, one per field count."""
-    counts = sorted({max((f.id for f in t.fields), default=-1) + 1 for t in tables})
-    return [f"_VTABLE_{n}: Final = vtable_reader({n})" for n in counts]
+    """The module constants the fast verifiers unpack vtables with, one per field count:
+    the vtable's size, the table's and the offsets of its fields."""
+    counts = sorted({_slots(t) + 2 for t in tables})
+    return [f"_VT_{m}: Final = vtable_reader({m})" for m in counts]

@@ -18,11 +18,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -149,23 +148,26 @@ def _encode_HealthCheckResponse(
     )
 
 
-_VTABLE_1: Final = vtable_reader(1)
+_VT_3: Final = vtable_reader(3)
 
 
 # fmt: off
 def verify_HealthCheckRequest(v: Verifier, pos: int) -> None:
     """Checks a ``smf_rpc.health.HealthCheckRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HealthCheckRequest(v, pos)
         return
 # fmt: on
@@ -180,17 +182,20 @@ def _check_HealthCheckRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_HealthCheckResponse(v: Verifier, pos: int) -> None:
     """Checks a ``smf_rpc.health.HealthCheckResponse`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x < tsize)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HealthCheckResponse(v, pos)
         return
 # fmt: on

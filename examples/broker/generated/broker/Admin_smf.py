@@ -16,11 +16,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -326,30 +325,33 @@ def _encode_HealthReply(
     )
 
 
-_VTABLE_0: Final = vtable_reader(0)
-_VTABLE_1: Final = vtable_reader(1)
-_VTABLE_2: Final = vtable_reader(2)
-_VTABLE_3: Final = vtable_reader(3)
-_VTABLE_5: Final = vtable_reader(5)
-_VTABLE_6: Final = vtable_reader(6)
-_VTABLE_7: Final = vtable_reader(7)
+_VT_2: Final = vtable_reader(2)
+_VT_3: Final = vtable_reader(3)
+_VT_4: Final = vtable_reader(4)
+_VT_5: Final = vtable_reader(5)
+_VT_7: Final = vtable_reader(7)
+_VT_8: Final = vtable_reader(8)
+_VT_9: Final = vtable_reader(9)
 
 
 # fmt: off
 def verify_AdminReply(v: Verifier, pos: int) -> None:
     """Checks a ``broker.AdminReply`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e]))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_AdminReply(v, pos)
         return
 # fmt: on
@@ -365,30 +367,31 @@ def _check_AdminReply(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_ClusterDescription(v: Verifier, pos: int) -> None:
     """Checks a ``broker.ClusterDescription`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_6(buf, vt + 4) if vsize >= 16 else v.short_offsets(vt, vsize, 6)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[5]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 16:
+            x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
+            (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 4 <= size - p5 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ClusterDescription(v, pos)
         return
-    if x := o[4]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_NodeInfo, "ClusterDescription", "nodes")
-    if x := o[5]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_TopicInfo, "ClusterDescription", "topics")
+    if x4:
+        _each_NodeInfo(v, p4 + 4, u[p4 >> 2], "ClusterDescription", "nodes")
+    if x5:
+        _each_TopicInfo(v, p5 + 4, u[p5 >> 2], "ClusterDescription", "topics")
 # fmt: on
 
 
@@ -406,19 +409,22 @@ def _check_ClusterDescription(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_CreateTopicRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.CreateTopicRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_CreateTopicRequest(v, pos)
         return
 # fmt: on
@@ -435,17 +441,20 @@ def _check_CreateTopicRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_DeleteTopicRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.DeleteTopicRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_DeleteTopicRequest(v, pos)
         return
 # fmt: on
@@ -460,15 +469,17 @@ def _check_DeleteTopicRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_DescribeRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.DescribeRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_DescribeRequest(v, pos)
         return
 # fmt: on
@@ -482,21 +493,24 @@ def _check_DescribeRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_HealthReply(v: Verifier, pos: int) -> None:
     """Checks a ``broker.HealthReply`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_5(buf, vt + 4) if vsize >= 14 else v.short_offsets(vt, vsize, 5)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[1]) or (x < tsize)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 14:
+            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+            (not x1 or (x1 < tsize)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HealthReply(v, pos)
         return
 # fmt: on
@@ -515,15 +529,17 @@ def _check_HealthReply(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_HealthRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.HealthRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HealthRequest(v, pos)
         return
 # fmt: on
@@ -537,21 +553,62 @@ def _check_HealthRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_NodeInfo(v: Verifier, pos: int) -> None:
     """Checks a ``broker.NodeInfo`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[2]) or (x < tsize))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_NodeInfo(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.NodeInfo`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                good = (
+                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                    (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                    (not x2 or (x2 < tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -566,25 +623,76 @@ def _check_NodeInfo(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_PartitionInfo(v: Verifier, pos: int) -> None:
     """Checks a ``broker.PartitionInfo`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_7(buf, vt + 4) if vsize >= 18 else v.short_offsets(vt, vsize, 7)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[5]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[6]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 18:
+            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+            (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_PartitionInfo(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.PartitionInfo`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
+                if vsize < 18:
+                    x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+                good = (
+                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 + 8 <= tsize)) and
+                    (not x5 or (x5 + 8 <= tsize)) and
+                    (not x6 or (x6 + 8 <= tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or (not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -603,23 +711,70 @@ def _check_PartitionInfo(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_TopicInfo(v: Verifier, pos: int) -> None:
     """Checks a ``broker.TopicInfo`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_TopicInfo(v, pos)
         return
-    if x := o[1]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_PartitionInfo, "TopicInfo", "partitions")
+    if x1:
+        _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+# fmt: on
+
+
+# fmt: off
+def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.TopicInfo`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1 = t
+                if vsize < 8:
+                    x0, x1 = v.short_offsets(vt, vsize, 2)
+                good = (
+                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x1:
+                _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
 # fmt: on
 
 

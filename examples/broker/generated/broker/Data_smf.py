@@ -16,11 +16,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -207,34 +206,36 @@ def _encode_FetchReply(
     )
 
 
-_VTABLE_1: Final = vtable_reader(1)
-_VTABLE_3: Final = vtable_reader(3)
-_VTABLE_4: Final = vtable_reader(4)
-_VTABLE_5: Final = vtable_reader(5)
+_VT_3: Final = vtable_reader(3)
+_VT_5: Final = vtable_reader(5)
+_VT_6: Final = vtable_reader(6)
+_VT_7: Final = vtable_reader(7)
 
 
 # fmt: off
 def verify_FetchReply(v: Verifier, pos: int) -> None:
     """Checks a ``broker.FetchReply`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_4(buf, vt + 4) if vsize >= 12 else v.short_offsets(vt, vsize, 4)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[3]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 12:
+            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 + 8 <= tsize and not (pos + x3) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_FetchReply(v, pos)
         return
-    if x := o[2]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_Record, "FetchReply", "records")
+    if x2:
+        _each_Record(v, p2 + 4, u[p2 >> 2], "FetchReply", "records")
 # fmt: on
 
 
@@ -250,21 +251,24 @@ def _check_FetchReply(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_FetchRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.FetchRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_5(buf, vt + 4) if vsize >= 14 else v.short_offsets(vt, vsize, 5)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[2]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x < tsize))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 14:
+            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+            (not x2 or (x2 + 8 <= tsize and not (pos + x2) & 7)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_FetchRequest(v, pos)
         return
 # fmt: on
@@ -283,19 +287,22 @@ def _check_FetchRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_ProduceReply(v: Verifier, pos: int) -> None:
     """Checks a ``broker.ProduceReply`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 8 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 8 <= size - p2 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ProduceReply(v, pos)
         return
 # fmt: on
@@ -312,24 +319,26 @@ def _check_ProduceReply(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_ProduceRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.ProduceRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e])) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ProduceRequest(v, pos)
         return
-    if x := o[2]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_Value, "ProduceRequest", "values")
+    if x2:
+        _each_Value(v, p2 + 4, u[p2 >> 2], "ProduceRequest", "values")
 # fmt: on
 
 
@@ -344,21 +353,63 @@ def _check_ProduceRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Record(v: Verifier, pos: int) -> None:
     """Checks a ``broker.Record`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 1 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Record(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Record`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                good = (
+                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Record, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -373,19 +424,58 @@ def _check_Record(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Value(v: Verifier, pos: int) -> None:
     """Checks a ``broker.Value`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 1 <= size - p - 4)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Value(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Value`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0 = t
+                if vsize < 6:
+                    x0, = v.short_offsets(vt, vsize, 1)
+                good = (
+                    4 <= vsize <= 6 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Value, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 

@@ -16,11 +16,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -255,29 +254,32 @@ def _encode_HeartbeatBatch(
     )
 
 
-_VTABLE_1: Final = vtable_reader(1)
-_VTABLE_2: Final = vtable_reader(2)
-_VTABLE_4: Final = vtable_reader(4)
-_VTABLE_5: Final = vtable_reader(5)
-_VTABLE_6: Final = vtable_reader(6)
-_VTABLE_7: Final = vtable_reader(7)
-_VTABLE_8: Final = vtable_reader(8)
+_VT_3: Final = vtable_reader(3)
+_VT_4: Final = vtable_reader(4)
+_VT_6: Final = vtable_reader(6)
+_VT_7: Final = vtable_reader(7)
+_VT_8: Final = vtable_reader(8)
+_VT_9: Final = vtable_reader(9)
+_VT_10: Final = vtable_reader(10)
 
 
 # fmt: off
 def verify_Ack(v: Verifier, pos: int) -> None:
     """Checks a ``broker.Ack`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Ack(v, pos)
         return
 # fmt: on
@@ -292,26 +294,27 @@ def _check_Ack(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_AppendBatch(v: Verifier, pos: int) -> None:
     """Checks a ``broker.AppendBatch`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_AppendBatch(v, pos)
         return
-    if x := o[0]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_AppendRequest, "AppendBatch", "requests")
-    if x := o[1]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_AppendResponse, "AppendBatch", "responses")
+    if x0:
+        _each_AppendRequest(v, p0 + 4, u[p0 >> 2], "AppendBatch", "requests")
+    if x1:
+        _each_AppendResponse(v, p1 + 4, u[p1 >> 2], "AppendBatch", "responses")
 # fmt: on
 
 
@@ -325,29 +328,88 @@ def _check_AppendBatch(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_AppendRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.AppendRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_8(buf, vt + 4) if vsize >= 20 else v.short_offsets(vt, vsize, 8)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[5]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[6]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[7]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 20:
+            x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+            (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+            (not x7 or (x7 + 8 <= tsize and not (pos + x7) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_AppendRequest(v, pos)
         return
-    if x := o[6]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_LogEntry, "AppendRequest", "entries")
+    if x6:
+        _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+# fmt: on
+
+
+# fmt: off
+def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.AppendRequest`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = t
+                if vsize < 20:
+                    x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+                good = (
+                    4 <= vsize <= 20 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 + 8 <= tsize)) and
+                    (not x5 or (x5 + 8 <= tsize)) and
+                    (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
+                    (not x7 or (x7 + 8 <= tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (not (pos + x7) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x6:
+                _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
 # fmt: on
 
 
@@ -367,25 +429,75 @@ def _check_AppendRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_AppendResponse(v: Verifier, pos: int) -> None:
     """Checks a ``broker.AppendResponse`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_7(buf, vt + 4) if vsize >= 18 else v.short_offsets(vt, vsize, 7)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x < tsize)) and
-        (not (x := o[5]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[6]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 18:
+            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 < tsize)) and
+            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+            (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_AppendResponse(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.AppendResponse`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
+                if vsize < 18:
+                    x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+                good = (
+                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 < tsize)) and
+                    (not x5 or (x5 + 8 <= tsize)) and
+                    (not x6 or (x6 + 8 <= tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or (not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_AppendResponse, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -404,23 +516,68 @@ def _check_AppendResponse(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Heartbeat(v: Verifier, pos: int) -> None:
     """Checks a ``broker.Heartbeat`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_5(buf, vt + 4) if vsize >= 14 else v.short_offsets(vt, vsize, 5)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 8 <= tsize and not (pos + x) & 7))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 14:
+            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Heartbeat(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Heartbeat`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4 = t
+                if vsize < 14:
+                    x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+                good = (
+                    4 <= vsize <= 14 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 + 8 <= tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -437,26 +594,27 @@ def _check_Heartbeat(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_HeartbeatBatch(v: Verifier, pos: int) -> None:
     """Checks a ``broker.HeartbeatBatch`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HeartbeatBatch(v, pos)
         return
-    if x := o[0]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_Heartbeat, "HeartbeatBatch", "heartbeats")
-    if x := o[1]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_HeartbeatResponse, "HeartbeatBatch", "responses")
+    if x0:
+        _each_Heartbeat(v, p0 + 4, u[p0 >> 2], "HeartbeatBatch", "heartbeats")
+    if x1:
+        _each_HeartbeatResponse(v, p1 + 4, u[p1 >> 2], "HeartbeatBatch", "responses")
 # fmt: on
 
 
@@ -470,22 +628,67 @@ def _check_HeartbeatBatch(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_HeartbeatResponse(v: Verifier, pos: int) -> None:
     """Checks a ``broker.HeartbeatResponse`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_4(buf, vt + 4) if vsize >= 12 else v.short_offsets(vt, vsize, 4)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 12:
+            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_HeartbeatResponse(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.HeartbeatResponse`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3 = t
+                if vsize < 12:
+                    x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+                good = (
+                    4 <= vsize <= 12 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_HeartbeatResponse, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -501,22 +704,66 @@ def _check_HeartbeatResponse(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_LogEntry(v: Verifier, pos: int) -> None:
     """Checks a ``broker.LogEntry`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_4(buf, vt + 4) if vsize >= 12 else v.short_offsets(vt, vsize, 4)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x < tsize)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 1 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 12:
+            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 < tsize)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_LogEntry(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.LogEntry`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3 = t
+                if vsize < 12:
+                    x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+                good = (
+                    4 <= vsize <= 12 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 < tsize)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -532,26 +779,27 @@ def _check_LogEntry(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_VoteBatch(v: Verifier, pos: int) -> None:
     """Checks a ``broker.VoteBatch`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_VoteBatch(v, pos)
         return
-    if x := o[0]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_VoteRequest, "VoteBatch", "requests")
-    if x := o[1]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_VoteResponse, "VoteBatch", "responses")
+    if x0:
+        _each_VoteRequest(v, p0 + 4, u[p0 >> 2], "VoteBatch", "requests")
+    if x1:
+        _each_VoteResponse(v, p1 + 4, u[p1 >> 2], "VoteBatch", "responses")
 # fmt: on
 
 
@@ -565,25 +813,75 @@ def _check_VoteBatch(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_VoteRequest(v: Verifier, pos: int) -> None:
     """Checks a ``broker.VoteRequest`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_7(buf, vt + 4) if vsize >= 18 else v.short_offsets(vt, vsize, 7)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[5]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[6]) or (x < tsize))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 18:
+            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+            (not x6 or (x6 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_VoteRequest(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.VoteRequest`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
+                if vsize < 18:
+                    x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+                good = (
+                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 + 8 <= tsize)) and
+                    (not x5 or (x5 + 8 <= tsize)) and
+                    (not x6 or (x6 < tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -602,24 +900,71 @@ def _check_VoteRequest(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_VoteResponse(v: Verifier, pos: int) -> None:
     """Checks a ``broker.VoteResponse`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_6(buf, vt + 4) if vsize >= 16 else v.short_offsets(vt, vsize, 6)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[4]) or (x < tsize)) and
-        (not (x := o[5]) or (x < tsize))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 16:
+            x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+            (not x4 or (x4 < tsize)) and
+            (not x5 or (x5 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_VoteResponse(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.VoteResponse`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2, x3, x4, x5 = t
+                if vsize < 16:
+                    x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+                good = (
+                    4 <= vsize <= 16 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 8 <= tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                    (not x4 or (x4 < tsize)) and
+                    (not x5 or (x5 < tsize))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_VoteResponse, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 

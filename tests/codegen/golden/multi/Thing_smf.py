@@ -16,11 +16,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -137,31 +136,33 @@ def _encode__Thing(
     )
 
 
-_VTABLE_2: Final = vtable_reader(2)
+_VT_4: Final = vtable_reader(4)
 
 
 # fmt: off
 def verify_Peer(v: Verifier, pos: int) -> None:
     """Checks a ``Peer`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and a + r < size)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and (c0 := a + r) < size)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Peer(v, pos)
         return
-    if x := o[0]:
-        v.visit(verify_Thing, pos + x + U32(buf, pos + x)[0], "Peer", "thing", -1)
-    if x := o[1]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_Thing, "Peer", "things")
+    if x0:
+        v.visit(verify_Thing, c0, "Peer", "thing", -1)
+    if x1:
+        _each_Thing(v, p1 + 4, u[p1 >> 2], "Peer", "things")
 # fmt: on
 
 
@@ -175,22 +176,69 @@ def _check_Peer(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Thing(v: Verifier, pos: int) -> None:
     """Checks a ``Thing`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and a + r < size))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Thing(v, pos)
         return
-    if x := o[1]:
-        v.visit(verify_Peer, pos + x + U32(buf, pos + x)[0], "Thing", "peer", -1)
+    if x1:
+        v.visit(verify_Peer, c1, "Thing", "peer", -1)
+# fmt: on
+
+
+# fmt: off
+def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``Thing`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1 = t
+                if vsize < 8:
+                    x0, x1 = v.short_offsets(vt, vsize, 2)
+                good = (
+                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Thing, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x1:
+                v.visit(verify_Peer, c1, "Thing", "peer", -1)
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
 # fmt: on
 
 

@@ -20,11 +20,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -206,26 +205,29 @@ def _encode_Empty(
     )
 
 
-_VTABLE_0: Final = vtable_reader(0)
-_VTABLE_1: Final = vtable_reader(1)
-_VTABLE_3: Final = vtable_reader(3)
-_VTABLE_13: Final = vtable_reader(13)
+_VT_2: Final = vtable_reader(2)
+_VT_3: Final = vtable_reader(3)
+_VT_5: Final = vtable_reader(5)
+_VT_15: Final = vtable_reader(15)
 
 
 # fmt: off
 def verify_Circle(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.common.Circle`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Circle(v, pos)
         return
 # fmt: on
@@ -240,15 +242,17 @@ def _check_Circle(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Empty(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.common.Empty`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Empty(v, pos)
         return
 # fmt: on
@@ -262,23 +266,64 @@ def _check_Empty(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Point(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.common.Point`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 12 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[1]) or (x < tsize)) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+            (not x1 or (x1 < tsize)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Point(v, pos)
         return
-    t = v.table(pos, "Point")
-    t.strings(8, "tags")
+# fmt: on
+
+
+# fmt: off
+def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``corpus.common.Point`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                good = (
+                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+                    (not x1 or (x1 < tsize)) and
+                    (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Point, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -293,17 +338,20 @@ def _check_Point(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Square(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.common.Square`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Square(v, pos)
         return
 # fmt: on
@@ -318,35 +366,37 @@ def _check_Square(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_Figure(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.geo.deep.Figure`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_13(buf, vt + 4) if vsize >= 30 else v.short_offsets(vt, vsize, 13)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        ((x := o[1]) != 0 and x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e]) and
-        (not (y := o[2]) or y < tsize) and
-        (not (x := o[3]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and a + r < size)) and
-        (not (x := o[4]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (x := o[5]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 1 <= size - p - 4)) and
-        (not (x := o[6]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 12 <= size - p - 4)) and
-        (not (x := o[7]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 1 <= size - p - 4)) and
-        (not (x := o[8]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[9]) or (x + 4 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[10]) or (x + 28 <= tsize and not (pos + x) & 3)) and
-        (not (x := o[12]) or (x < tsize))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 = _VT_15(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 30:
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 = v.short_offsets(vt, vsize, 13)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (x1 and (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 < tsize)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and a + r < size)) and
+            (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
+            (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 1 <= size - p5 - 4)) and
+            (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 12 <= size - p6 - 4)) and
+            (not x7 or (x7 + 4 <= tsize and not x7 & 3 and (r := u[(a := pos + x7) >> 2]) and not r & 3 and u[(p7 := a + r) >> 2] * 1 <= size - p7 - 4)) and
+            (not x8 or (x8 + 4 <= tsize and not x8 & 3)) and
+            (not x9 or (x9 + 4 <= tsize and not x9 & 3)) and
+            (not x10 or (x10 + 28 <= tsize and not x10 & 3)) and
+            (not x12 or (x12 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_Figure(v, pos)
         return
     t = v.table(pos, "Figure")
     t.union(10, "shape", _Shape_VERIFIERS)
-    if x := o[4]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_Point, "Figure", "points")
+    if x4:
+        _each_Point(v, p4 + 4, u[p4 >> 2], "Figure", "points")
 # fmt: on
 
 

@@ -22,11 +22,10 @@ from smf.stubs import (
     CallContext,
     Client,
     Default,
-    I32,
-    U16X2,
-    U32,
+    OUT_OF_BOUNDS,
     Handler,
     Payload,
+    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -232,10 +231,10 @@ def _encode_ReplicationStateInSync(
     )
 
 
-_VTABLE_0: Final = vtable_reader(0)
-_VTABLE_1: Final = vtable_reader(1)
-_VTABLE_2: Final = vtable_reader(2)
-_VTABLE_3: Final = vtable_reader(3)
+_VT_2: Final = vtable_reader(2)
+_VT_3: Final = vtable_reader(3)
+_VT_4: Final = vtable_reader(4)
+_VT_5: Final = vtable_reader(5)
 
 
 # fmt: off
@@ -243,20 +242,63 @@ def verify_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
     table.
     """
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_2(buf, vt + 4) if vsize >= 8 else v.short_offsets(vt, vsize, 2)
-    if o is None or not (
-        (not (x := o[0]) or (x + 8 <= tsize and not (pos + x) & 7)) and
-        (not (x := o[1]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and (e := p + 4 + U32(buf, p)[0]) < size and not buf[e]))
-    ):
+    try:
+        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 8:
+            x0, x1 = v.short_offsets(vt, vsize, 2)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicateSegmentBatchRequestPayload(v, pos)
         return
+# fmt: on
+
+
+# fmt: off
+def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
+    tables of a vector whose offsets start at ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    known: object = None
+    good: object = False
+    for at in range(start, start + 4 * n, 4):
+        try:
+            pos = at + u[at >> 2]
+            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
+                known = t
+                vsize, tsize, x0, x1 = t
+                if vsize < 8:
+                    x0, x1 = v.short_offsets(vt, vsize, 2)
+                good = (
+                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    (not x0 or (x0 + 8 <= tsize)) and
+                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                )
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
+    v.depth -= 1
 # fmt: on
 
 
@@ -274,25 +316,27 @@ def verify_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``
     table.
     """
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_3(buf, vt + 4) if vsize >= 10 else v.short_offsets(vt, vsize, 3)
-    if o is None or not (
-        (not (x := o[0]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and not (p := a + r) & 3 and p <= size - 4 and U32(buf, p)[0] * 4 <= size - p - 4)) and
-        (not (y := o[1]) or y < tsize) and
-        (not (x := o[2]) or (x + 4 <= tsize and not (a := pos + x) & 3 and (r := U32(buf, a)[0]) != 0 and a + r < size))
-    ):
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 < tsize)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and a + r < size))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicateSegmentBatchResponsePayload(v, pos)
         return
     t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
-    if x := o[0]:
-        a = pos + x + U32(buf, pos + x)[0]
-        v.table_vector(a + 4, U32(buf, a)[0], verify_ReplicateSegmentBatchRequestPayload, "ReplicateSegmentBatchResponsePayload", "acknowledged_segment_batches_by_each_follower")
+    if x0:
+        _each_ReplicateSegmentBatchRequestPayload(v, p0 + 4, u[p0 >> 2], "ReplicateSegmentBatchResponsePayload", "acknowledged_segment_batches_by_each_follower")
     t.union(8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS)
 # fmt: on
 
@@ -315,17 +359,20 @@ def _check_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_ReplicationStateCatchingUp(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_1(buf, vt + 4) if vsize >= 6 else v.short_offsets(vt, vsize, 1)
-    if o is None or not (
-        not (x := o[0]) or (x + 4 <= tsize and not (pos + x) & 3)
-    ):
+    try:
+        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 6:
+            x0, = v.short_offsets(vt, vsize, 1)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicationStateCatchingUp(v, pos)
         return
 # fmt: on
@@ -344,15 +391,17 @@ def verify_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader``
     table.
     """
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicationStateFencedByANewerLeader(v, pos)
         return
 # fmt: on
@@ -368,15 +417,17 @@ def _check_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
 # fmt: off
 def verify_ReplicationStateInSync(v: Verifier, pos: int) -> None:
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateInSync`` table."""
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicationStateInSync(v, pos)
         return
 # fmt: on
@@ -394,15 +445,17 @@ def verify_ReplicationStateRecoveringFromSnapshot(v: Verifier, pos: int) -> None
     """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot``
     table.
     """
+    u = v.words
     buf = v.buf
     size = v.size
-    o: tuple[int, ...] | None = None
-    tsize = 0
-    if not pos & 3 and pos <= size - 4 and 0 <= (vt := pos - I32(buf, pos)[0]) <= size - 4 and not vt & 1:
-        vsize, tsize = U16X2(buf, vt)
-        if not vsize & 1 and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos:
-            o = _VTABLE_0(buf, vt + 4) if vsize >= 4 else v.short_offsets(vt, vsize, 0)
-    if o is None:
+    try:
+        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
         _check_ReplicationStateRecoveringFromSnapshot(v, pos)
         return
 # fmt: on
