@@ -55,11 +55,13 @@ REPLY_MARK: Final = int(Compression.DISABLED)
 """The compression byte this project's server puts on every reply it does not compress."""
 
 PROBE_WIRE_ID: Final = zlib.crc32(b"smf_rpc.PeerProbe")
-"""A wire id no service defines (checked by the server tests): answered 404 here."""
+"""The probe's wire id, which no method is expected to have (a method that did, a 2**-32
+chance, would be called with the probe's empty table instead of the 404 answer)."""
 
 # An empty FlatBuffer table (root offset, vtable, table): a well-formed smallest body.
 PROBE_BODY: Final = b"\x08\x00\x00\x00\x04\x00\x04\x00\x04\x00\x00\x00"
 PROBE_SESSION: Final = 1
+PROBE_ANSWER: Final = b"no such method: payload-headers probe (smf.peer)"
 
 PROBE_TIMEOUT: Final = 2.0
 """How long the probe waits for an answer before concluding "does not read them"."""
@@ -72,9 +74,6 @@ def check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"payload_headers must be one of {', '.join(MODES)}, not {mode!r}")
     return cast(Mode, mode)
-
-
-PROBE_ANSWER: Final = b"no such method: payload-headers probe (smf.peer)"
 
 
 def probe_frame() -> bytes:
