@@ -50,7 +50,6 @@ from .errors import ConnectionLost, DeadlineExceeded, NotFound, RpcError, Unimpl
 from .health import CHECK_WIRE_ID, ServingStatus
 from .metrics import MethodTable
 from .router import Payload
-from .stubs import pack
 
 log = logging.getLogger("smf.channel")
 
@@ -141,7 +140,7 @@ _CHECK_PAYLOADS: dict[str, bytes] = {}
 def _check_payload(service: str) -> bytes:
     payload = _CHECK_PAYLOADS.get(service)
     if payload is None:
-        payload = _CHECK_PAYLOADS[service] = bytes(pack(HealthCheckRequestT(service=service)))
+        payload = _CHECK_PAYLOADS[service] = bytes(HealthCheckRequestT(service=service).Encode())
     return payload
 
 

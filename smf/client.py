@@ -26,9 +26,11 @@ from .errors import (
     PayloadTooLarge,
     RpcError,
     Unsupported,
+    reply_text,
 )
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
+from .peer import PeerHeaders, check_mode
 from .router import Payload, payload_size
 from .transport import JOIN_LIMIT, FramedConnection
 from .wire import (
@@ -257,8 +259,12 @@ class ClientConnection(FramedConnection):
         self.sessions = SessionTable(client.max_sessions)
         self.deadlines = DeadlineQueue(self.loop)
         self.lost: asyncio.Future[None] = self.loop.create_future()
+        # Does the server read payload headers? (smf/peer.py)
+        self.peer_headers = PeerHeaders(client.payload_headers)
 
     def event_received(self, event: Event) -> None:
+        if self.peer_headers.reads is None and isinstance(event, Frame):
+            self.peer_headers.learn(event.compression)  # "auto": learned from the first reply
         future = self.sessions.pending.pop(event.session, None)
         if future is None or future.done():
             self.client.stats.late_replies += 1
@@ -310,6 +316,7 @@ class ClientConnection(FramedConnection):
         self.closed = True
         self.sessions.fail_all(exc)
         self.deadlines.close()
+        self.peer_headers.close()
 
 
 class Client:
@@ -319,6 +326,11 @@ class Client:
     ``reconnect`` set (``True`` or a ``Backoff``), a lost connection is re-established
     in the background with exponential backoff and jitter; calls issued meanwhile wait
     for it within their own timeout. Without it, they fail with ``ConnectionLost``.
+
+    ``payload_headers`` (``"auto"``, ``"always"`` or ``"never"``): whether calls carry
+    their metadata and deadline to the server in payload headers, which real smf
+    peers (C++, Go, Java) cannot read. ``"auto"`` sends them only to a server that
+    shows it reads them (this project's does); see ``smf.peer``.
     """
 
     def __init__(
@@ -337,6 +349,7 @@ class Client:
         filters: Iterable[Filter] = (),
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        payload_headers: str = "auto",
     ) -> None:
         if (unix_path is None) == (host is None or port is None):
             raise ValueError("give either host and port, or unix_path")
@@ -354,6 +367,7 @@ class Client:
         self.buffer_size = buffer_size
         self.ssl = ssl
         self.server_hostname = server_hostname
+        self.payload_headers = check_mode(payload_headers)  # see smf/peer.py
         self.stats = ClientStats()
         self.filters: list[Filter] = list(filters)
         self.methods = MethodTable()
@@ -527,6 +541,8 @@ class Client:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._ready_connection(t)
+        if prefix and not conn.peer_headers.reads:  # only to a server that reads them
+            prefix = await conn.peer_headers.admit(self, prefix, t)
         loop = conn.loop
         future: _CallResult = loop.create_future()
         sessions = conn.sessions
@@ -542,7 +558,7 @@ class Client:
             session = await self._wait_for_session(sessions, future, t)
         if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
             sessions.release(session, future)
-            raise ConnectionLost(f"connection to {self.address} lost")
+            raise ConnectionLost(f"connection to {self.address} lost{self._last_loss}")
         timer = None
         entry = None  # the call's place in the shared deadline queue
         shared_timeout: float | None = None
@@ -618,7 +634,7 @@ class Client:
         )
         if status == 200:
             return body
-        message = bytes(body).decode("utf-8", "replace")
+        message = reply_text(status, body)
         body.release()
         raise RpcError.from_status(status, message)
 

@@ -120,5 +120,36 @@ class Unsupported(RpcError):
     status = 505
 
 
+BODY_PREFIX = 32
+"""At most this many bytes of an unreadable reply body go into an error message."""
+
+
+def reply_text(status: int, body: bytes | bytearray | memoryview) -> str:
+    """The message of the ``RpcError`` for a non-200 reply.
+
+    A known status with a printable UTF-8 body (what smf servers send) gives that text.
+    Anything else (a status no ``RpcError`` class declares, such as smf-java's echo of
+    the request's wire id, or a binary body) names the status and shows at most
+    ``BODY_PREFIX`` bytes of the body, escaped, so the message stays printable.
+    """
+    raw = bytes(body)
+    known = status in RpcError._by_status
+    if known:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if text.replace("\n", "").replace("\t", "").isprintable():
+                return text
+    shown = repr(raw[:BODY_PREFIX]) + ("..." if len(raw) > BODY_PREFIX else "")
+    if known:
+        return f"binary body of {len(raw)} bytes: {shown}"
+    return (
+        f"unknown status {status} (not an smf status: is the peer an smf server?), "
+        f"body of {len(raw)} bytes: {shown}"
+    )
+
+
 class ConnectionLost(SmfError, ConnectionError):
     """The connection closed (or could not be made) while a call was pending."""

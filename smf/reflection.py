@@ -4,8 +4,8 @@ schemas (``.bfbs``) its services came from, so ``smf list`` and ``smf call`` nee
 
 A service's schema is found, in order: its ``schema_bfbs`` attribute (the bytes of a
 ``.bfbs``, or a path to one), then ``S_smf.bfbs`` next to the generated module its class
-derives from (``smfc`` writes it unless given ``--no-bfbs``). Services with neither still list their name
-and methods (wire ids, method names), with ``has_schema`` false.
+derives from (``smfc`` writes it unless given ``--no-bfbs``). Services with neither
+still list their name and methods (wire ids, method names), with ``has_schema`` false.
 """
 
 from __future__ import annotations
@@ -64,14 +64,9 @@ def _read(path: Path) -> bytes | None:
 
 
 def schema_bytes(response: Any) -> bytes:
-    """The ``bfbs`` vector of a ``smf_rpc.reflection.SchemaResponse`` as bytes (no
-    per-byte accessor calls)."""
-    tab = response._tab
-    o = tab.Offset(6)
-    if not o:
-        return b""
-    start = tab.Vector(o)
-    return bytes(tab.Bytes[start : start + tab.VectorLen(o)])
+    """The ``bfbs`` vector of a ``smf_rpc.reflection.SchemaResponse`` as bytes (one copy
+    of the generated reader's zero-copy view)."""
+    return bytes(response.BfbsAsBytes())
 
 
 LIST_SERVICES_WIRE_ID: Final = 2183911226

@@ -26,6 +26,7 @@ from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsuppor
 from .filters.base import Filter, Message, run_chain
 from .health import install as install_builtin
 from .metrics import MethodTable
+from .peer import PROBE_WIRE_ID, REPLY_MARK, answer_probe
 from .router import Handler, Payload, Service, ServiceRouter, payload_size
 from .transport import JOIN_LIMIT, FramedConnection
 from .wire import (
@@ -244,7 +245,11 @@ class ServerConnection(FramedConnection):
         """Queue the answer to ``session``; returns the body's size."""
         size = body.nbytes if type(body) is memoryview else len(body)  # payload_size, inline
         if not self.closed:
-            header = HEADER.pack(compression, 0, session, size, _xxh64(body) & _MASK32, status)
+            # Uncompressed replies carry compression byte 1 (REPLY_MARK): "this server
+            # reads payload headers" to our clients, "not compressed" to any smf client.
+            header = HEADER.pack(
+                compression or REPLY_MARK, 0, session, size, _xxh64(body) & _MASK32, status
+            )
             out = self._out
             # The reply leaves as early as batching allows; bookkeeping comes after it,
             # while the peer is already reading.
@@ -306,6 +311,8 @@ class ServerConnection(FramedConnection):
         stats.bytes_in += HEADER_SIZE + size
         handler = server.router.handlers.get(frame.meta)
         if handler is None:
+            if frame.meta == PROBE_WIRE_ID:  # a client asks: do you read payload headers?
+                return answer_probe(self, frame)  # smf/peer.py
             stats.no_route += 1
             self._refuse(frame, Status.NOT_FOUND, f"no method with wire id {frame.meta}")
             return

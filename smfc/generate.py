@@ -33,7 +33,8 @@ class Result:
     schema: Schema
     warnings: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
-    # Each service's binary schema, written unless ``--no-bfbs`` (path relative to OUT -> flatc's .bfbs).
+    # Each service's binary schema, written unless ``--no-bfbs``
+    # (path relative to OUT -> flatc's .bfbs).
     binaries: dict[str, bytes] = field(default_factory=dict)
     kept: list[Path] = field(default_factory=list)  # __init__.py files smfc did not own
 

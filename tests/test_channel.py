@@ -126,7 +126,7 @@ async def test_a_non_idempotent_call_on_a_killed_server_fails_with_connection_lo
         await channel.wait_ready(timeout=30, count=3)
         pending = asyncio.ensure_future(
             _backend(channel, victim).client.call(
-                Put_WIRE_ID, bytes(smf.stubs.pack(RequestT(name="5"))), timeout=60
+                Put_WIRE_ID, bytes(RequestT(name="5").Encode()), timeout=60
             )
         )
         await asyncio.sleep(0.1)
@@ -147,7 +147,7 @@ async def test_keepalive_marks_a_paused_server_dead_and_fails_its_calls(
         await channel.wait_ready(timeout=30, count=3)
         backend = _backend(channel, paused)
         pending = asyncio.ensure_future(
-            backend.client.call(Put_WIRE_ID, bytes(smf.stubs.pack(RequestT(name="0"))), timeout=120)
+            backend.client.call(Put_WIRE_ID, bytes(RequestT(name="0").Encode()), timeout=120)
         )
         paused.signal(signal.SIGSTOP)
         try:
@@ -172,7 +172,7 @@ async def test_a_draining_server_says_not_serving_and_new_calls_go_elsewhere(
         backend = _backend(channel, draining)
         # A long call keeps the server draining once told to stop.
         long_call = asyncio.ensure_future(
-            backend.client.call(Put_WIRE_ID, bytes(smf.stubs.pack(RequestT(name="3"))), timeout=60)
+            backend.client.call(Put_WIRE_ID, bytes(RequestT(name="3").Encode()), timeout=60)
         )
         await asyncio.sleep(0.2)
         draining.signal(signal.SIGTERM)

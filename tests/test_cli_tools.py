@@ -168,7 +168,15 @@ def test_a_service_generated_without_bfbs_is_listed_but_not_callable_by_name(
     elsewhere: Path, tmp_path: Path
 ) -> None:
     subprocess.run(
-        [sys.executable, "-m", "smfc", "--no-bfbs", "-o", str(tmp_path), str(REPO / "idl/demo.fbs")],
+        [
+            sys.executable,
+            "-m",
+            "smfc",
+            "--no-bfbs",
+            "-o",
+            str(tmp_path),
+            str(REPO / "idl/demo.fbs"),
+        ],
         check=True,
     )
     assert not (tmp_path / "smf_gen" / "demo" / "SmfStorage_smf.bfbs").exists()

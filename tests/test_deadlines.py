@@ -128,7 +128,10 @@ def add_hop(
 
 
 class RawServer:
-    """Records requests (header fields and decoded payload headers); answers 200."""
+    """Records requests (header fields and decoded payload headers); answers 200.
+
+    It does not mark its replies as this project's server does (smf/peer.py), so its
+    clients are told ``payload_headers="always"``: these tests pin what travels."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[int, int, bytes]] = []  # (compression, flags, body)
@@ -242,7 +245,7 @@ async def test_current_call_is_unset_outside_handlers() -> None:
 
 
 async def test_default_timeout_sends_no_headers(raw_server: RawServer, clients: Any) -> None:
-    client = await clients(raw_server.port, timeout=3.0)
+    client = await clients(raw_server.port, payload_headers="always", timeout=3.0)
     await client.call(CTX, b"x")
     assert raw_server.frames == [(0, 0, b"x")]
 
@@ -251,7 +254,7 @@ async def test_default_timeout_sends_no_headers(raw_server: RawServer, clients: 
 async def test_explicit_timeout_travels_in_microseconds(
     raw_server: RawServer, clients: Any, style: dict[str, Any]
 ) -> None:
-    client = await clients(raw_server.port, timeout=30.0)
+    client = await clients(raw_server.port, payload_headers="always", timeout=30.0)
     await client.call(CTX, b"x", timeout=1.5, **style)
     _compression, flags, body = raw_server.frames[0]
     assert flags == 1
@@ -263,7 +266,7 @@ async def test_explicit_timeout_travels_in_microseconds(
 
 
 async def test_explicit_none_timeout_sends_nothing(raw_server: RawServer, clients: Any) -> None:
-    client = await clients(raw_server.port)
+    client = await clients(raw_server.port, payload_headers="always")
     await client.call(CTX, b"x", timeout=None)
     assert raw_server.frames[0][1] == 0
 
@@ -271,7 +274,7 @@ async def test_explicit_none_timeout_sends_nothing(raw_server: RawServer, client
 async def test_metadata_with_default_timeout_has_no_timeout_header(
     raw_server: RawServer, clients: Any
 ) -> None:
-    client = await clients(raw_server.port)
+    client = await clients(raw_server.port, payload_headers="always")
     await client.call(CTX, b"x", metadata={"a": "b"})
     assert raw_server.headers(0) == {"a": "b"}
     await client.call(CTX, b"x", metadata={"a": "b"}, timeout=2.0)

@@ -194,7 +194,9 @@ async def test_compression_covers_payload_headers_too(
     raw_server: Any, make_client: Any, kit: Any, algorithm: Compression
 ) -> None:
     peer = await raw_server()
-    client = await make_client("127.0.0.1", peer.port, filters=[CompressionFilter(algorithm)])
+    client = await make_client(
+        "127.0.0.1", peer.port, filters=[CompressionFilter(algorithm)], payload_headers="always"
+    )  # a foreign peer (unmarked replies): told that it reads payload headers
     await client.call(kit.ECHO, BIG, metadata={"who": "me"})
     (frame,) = peer.frames
     assert frame.compression == algorithm
@@ -242,7 +244,7 @@ async def test_hand_built_compressed_request_with_payload_headers(
     frame = encode_frame(3, META_ECHO, by_hand(algorithm, plain), compression=algorithm, flags=1)
     answer = await raw_call(kit, server, frame)
     assert answer.meta == 200
-    assert answer.compression == 0  # below min_size: sent as is
+    assert answer.compression == Compression.DISABLED  # below min_size: as is (marked)
     assert answer.body == b"tiny"
     assert seen == [{"a": "1"}]
 

@@ -303,7 +303,8 @@ async def test_calls_on_an_idle_connection_leave_in_issue_order(kit: Any) -> Non
 
     listener = await asyncio.start_server(peer, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    client = smf.Client("127.0.0.1", port)
+    # A foreign peer (unmarked replies): told that it reads payload headers (smf/peer.py).
+    client = smf.Client("127.0.0.1", port, payload_headers="always")
     try:
         await client.connect()
         calls = [
