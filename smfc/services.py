@@ -129,6 +129,7 @@ class _ServiceView:
     encoders: list[tuple[str, str, str]] = field(default_factory=list)  # (fn, table, T)
     verifiers: list[str] = field(default_factory=list)  # rendered functions and union maps
     vtable_readers: list[str] = field(default_factory=list)  # the fast verifiers' constants
+    catches: bool = False  # a verifier catches VerificationError (to name a vector element)
 
 
 def docstring(lines: Iterable[str], indent: str = "") -> str:
@@ -278,6 +279,7 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
         view.verifiers.append(render_table(schema, verifiers, obj, general))
     view.verifiers += [render_union(schema, verifiers, union) for union in unions]
     view.vtable_readers = vtable_readers(schema, tables)
+    view.catches = any("except VerificationError" in code for code in view.verifiers)
     seen: set[str] = set()
     for mv in methods:
         for table, table_t in ((mv.request, mv.request_t), (mv.response, mv.response_t)):

@@ -287,7 +287,9 @@ def _fast(schema: Schema, names: Verifiers, obj: Object) -> _Fast:
         def offset(deref: str, x: str = x, optional: bool = optional) -> None:
             """An offset stored in the table (4 bytes, aligned), then what it points to."""
             static = f"{x} + 4 <= tsize and not {x} & 3"
-            out.checks.append(_Check(x, optional, static, f"(r := u[(a := pos + {x}) >> 2]) and {deref}"))
+            out.checks.append(
+                _Check(x, optional, static, f"(r := u[(a := pos + {x}) >> 2]) and {deref}")
+            )
 
         def vector(size: int, k: int = k) -> str:
             return f"not r & 3 and u[(p{k} := a + r) >> 2] * {size} <= size - p{k} - 4"
@@ -351,10 +353,13 @@ def _slots(obj: Object) -> int:
     return max((f.id for f in obj.fields), default=-1) + 1
 
 
-def _vtable(n: int, indent: str, target: str) -> list[str]:
-    """Unpack the vtable at ``vt``: its size, the table's and the ``n`` field offsets,
-    zero for those a shorter vtable (an older writer, or trailing defaults) leaves out."""
-    xs = ", ".join(f"x{k}" for k in range(n))
+def _vtable(fast: _Fast, indent: str, target: str) -> list[str]:
+    """Unpack the vtable at ``vt``: its size, the table's and the ``n`` field offsets
+    (``_`` for those not checked), zero for those a shorter vtable (an older writer, or
+    trailing defaults) leaves out."""
+    n = fast.n
+    used = {c.x for c in fast.checks}
+    xs = ", ".join(f"x{k}" if f"x{k}" in used else "_" for k in range(n))
     lines = [f"{indent}vsize, tsize{', ' + xs if n else ''} = {target}"]
     if n:
         lines += [
@@ -390,7 +395,7 @@ def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     n = fast.n
     lines = ["# fmt: off", f"def {names.functions[obj.name]}(v: Verifier, pos: int) -> None:", doc]
     lines += ["    u = v.words", "    buf = v.buf", "    size = v.size", "    try:"]
-    lines += _vtable(n, "        ", _READ_VTABLE.format(m=n + 2))
+    lines += _vtable(fast, "        ", _READ_VTABLE.format(m=n + 2))
     table = "not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos"
     lines += _chain("        ", "ok = ", [table, *fast.single()])
     lines += [
@@ -434,11 +439,11 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         f"            if (t := {_READ_VTABLE.format(m=n + 2)}) != known:",
         "                known = t",
     ]
-    lines += _vtable(n, "                ", "t")
+    lines += _vtable(fast, "                ", "t")
     lines += _chain(
         "                ",
         "good = ",
-        [f"4 <= vsize <= {4 + 2 * n} and not vsize & 1 and 4 <= tsize", *fast.static()],
+        [f"4 <= vsize <= {4 + 2 * n} and not vsize & 1 and tsize >= 4", *fast.static()],
     )
     lines += _chain(
         "            ",

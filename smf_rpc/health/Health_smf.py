@@ -21,7 +21,6 @@ from smf.stubs import (
     OUT_OF_BOUNDS,
     Handler,
     Payload,
-    VerificationError,
     Verifier,
     check_request,
     encode,

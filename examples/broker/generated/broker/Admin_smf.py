@@ -595,7 +595,7 @@ def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> N
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
                 good = (
-                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                     (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
                     (not x2 or (x2 < tsize))
@@ -671,7 +671,7 @@ def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str)
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
                 good = (
-                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -754,7 +754,7 @@ def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> 
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
                 good = (
-                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                     (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                 )

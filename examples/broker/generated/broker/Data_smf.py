@@ -19,7 +19,6 @@ from smf.stubs import (
     OUT_OF_BOUNDS,
     Handler,
     Payload,
-    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -395,7 +394,7 @@ def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> Non
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
                 good = (
-                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3))
@@ -464,7 +463,7 @@ def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None
                 if vsize < 6:
                     x0, = v.short_offsets(vt, vsize, 1)
                 good = (
-                    4 <= vsize <= 6 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 6 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 4 <= tsize and not x0 & 3))
                 )
             ok = (

@@ -379,7 +379,7 @@ def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str)
                 if vsize < 20:
                     x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
                 good = (
-                    4 <= vsize <= 20 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 20 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -477,7 +477,7 @@ def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
                 good = (
-                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -560,7 +560,7 @@ def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> 
                 if vsize < 14:
                     x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
                 good = (
-                    4 <= vsize <= 14 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 14 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -673,7 +673,7 @@ def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: 
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
                 good = (
-                    4 <= vsize <= 12 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -747,7 +747,7 @@ def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> N
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
                 good = (
-                    4 <= vsize <= 12 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 < tsize)) and
@@ -861,7 +861,7 @@ def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
                 good = (
-                    4 <= vsize <= 18 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
@@ -947,7 +947,7 @@ def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) 
                 if vsize < 16:
                     x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
                 good = (
-                    4 <= vsize <= 16 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 16 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 8 <= tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and

@@ -330,7 +330,7 @@ def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
                 good = (
-                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                     (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                 )

@@ -21,7 +21,6 @@ from smf.stubs import (
     OUT_OF_BOUNDS,
     Handler,
     Payload,
-    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -228,7 +227,7 @@ def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
                 good = (
-                    4 <= vsize <= 10 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
                     (not x1 or (x1 < tsize)) and
                     (not x2 or (x2 + 4 <= tsize and not x2 & 3))
@@ -288,9 +287,9 @@ def verify_Figure(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 = _VT_15(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, _, x12 = _VT_15(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
         if vsize < 30:
-            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 = v.short_offsets(vt, vsize, 13)
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, _, x12 = v.short_offsets(vt, vsize, 13)
         ok = (
             not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
             (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and

@@ -25,7 +25,6 @@ from smf.stubs import (
     OUT_OF_BOUNDS,
     Handler,
     Payload,
-    VerificationError,
     Verifier,
     check_request,
     encode,
@@ -285,7 +284,7 @@ def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
                 good = (
-                    4 <= vsize <= 8 and not vsize & 1 and 4 <= tsize and
+                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
                     (not x0 or (x0 + 8 <= tsize)) and
                     (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                 )
