@@ -76,7 +76,30 @@ PACKAGES = ("smf_gen", "broker", "benchtree")
 class Generated:
     """smfc's, flatc's and protobuf's code for the three messages, in a temp dir."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, build: bool = True) -> None:
+        """Generate everything into ``work`` (``build=False``: it is there already, as
+        for the child processes of bench/nested.py), then import it."""
+        if build:
+            self.build(work)
+        ours, theirs = work / "ours", work / "theirs"
+        sys.path[:0] = [str(ours), str(theirs), str(work)]
+        importlib.invalidate_caches()
+        flatc_modules = [
+            importlib.import_module(
+                p.relative_to(theirs).with_suffix("").as_posix().replace("/", ".")
+            )
+            for p in theirs.rglob("*.py")
+            if p.name != "__init__.py"
+        ]
+        # flatc's object API uses names it never imports: give each module its siblings'.
+        names = {k: v for m in flatc_modules for k, v in vars(m).items() if k[:1].isupper()}
+        for module in flatc_modules:
+            for k, v in names.items():
+                vars(module).setdefault(k, v)
+        self.pb: Any = importlib.import_module("bench_pb2")
+
+    @staticmethod
+    def build(work: Path) -> None:
         from smfc.flatc import find_flatc
         from smfc.generate import generate
 
@@ -111,21 +134,6 @@ class Generated:
             check=True,
             capture_output=True,
         )
-        sys.path[:0] = [str(ours), str(theirs), str(work)]
-        importlib.invalidate_caches()
-        flatc_modules = [
-            importlib.import_module(
-                p.relative_to(theirs).with_suffix("").as_posix().replace("/", ".")
-            )
-            for p in theirs.rglob("*.py")
-            if p.name != "__init__.py"
-        ]
-        # flatc's object API uses names it never imports: give each module its siblings'.
-        names = {k: v for m in flatc_modules for k, v in vars(m).items() if k[:1].isupper()}
-        for module in flatc_modules:
-            for k, v in names.items():
-                vars(module).setdefault(k, v)
-        self.pb: Any = importlib.import_module("bench_pb2")
 
     @staticmethod
     def ours(qualified: str, suffix: str = "") -> Any:

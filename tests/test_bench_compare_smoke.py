@@ -29,7 +29,7 @@ def test_compare_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
 
-    for system in ("raw", "smf", "grpc"):
+    for system in ("raw", "smf", "stubs", "grpc"):
         median = result["median"][system]
         assert median["sequential"]["calls"] == 50
         assert median["window"]["calls"] == 200
@@ -51,12 +51,12 @@ def test_compare_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert workers["scaling"] > 0
 
     targets = result["targets"]
-    assert len(targets) == 4 and all(isinstance(t["pass"], bool) for t in targets)
+    assert len(targets) == 7 and all(isinstance(t["pass"], bool) for t in targets)
 
     table = (tmp_path / "compare.md").read_text()
-    for needle in ("raw floor", "smf / grpc.aio", "1 MiB", "workers=2", "Targets"):
+    for needle in ("raw floor", "smf stubs / grpc.aio", "1 MiB", "workers=2", "Targets"):
         assert needle in table, table
-    assert sum(line.rstrip().endswith(("| PASS |", "| MISS |")) for line in table.splitlines()) == 4
+    assert sum(line.rstrip().endswith(("| PASS |", "| MISS |")) for line in table.splitlines()) == 7
     assert json.loads((tmp_path / "compare.json").read_text())["options"]["repeats"] == 1
     if importlib.util.find_spec("matplotlib") is not None:
         for png in ("latency.png", "sweep.png"):
