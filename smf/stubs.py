@@ -14,7 +14,15 @@ from .codec import Buffer, DecodeError, EncodeError
 from .context import CallContext
 from .errors import BadRequest
 from .router import Handler, Payload
-from .verify import OUT_OF_BOUNDS, U32, VerificationError, Verifier, VerifyFn, vtable_reader
+from .verify import (
+    OUT_OF_BOUNDS,
+    U32,
+    VerificationError,
+    Verifier,
+    VerifyFn,
+    unpacker,
+    vtable_reader,
+)
 
 __all__ = [
     "DEFAULT",
@@ -35,6 +43,7 @@ __all__ = [
     "check_request",
     "encode",
     "name_methods",
+    "unpacker",
     "vtable_reader",
 ]
 

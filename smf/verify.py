@@ -53,6 +53,12 @@ def vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
     return _vtable_reader(n)
 
 
+def unpacker(fmt: str) -> Callable[[memoryview, int], tuple[int, ...]]:
+    """``struct.Struct(fmt).unpack_from``: how the generated verifiers read a table as
+    smfc's encoder lays it out, in one call."""
+    return struct.Struct(fmt).unpack_from
+
+
 def _vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
     reader = _VTABLE_READERS.get(n)
     if reader is None:

@@ -496,6 +496,14 @@ def _layout(schema: Schema, obj: Object) -> tuple[list[_Slot], int, int]:
     return slots, cur, align
 
 
+def encoded_layout(schema: Schema, obj: Object) -> tuple[dict[int, int], int, int]:
+    """Where smfc's encoder puts a table's fields: each live field's offset in the inline
+    part (by field id), the part's size (the vtable follows, 2-byte aligned) and its
+    alignment. The fast verifiers check a table against it first."""
+    slots, size, align = _layout(schema, obj)
+    return {s.f.id: s.offset for s in slots}, size, align
+
+
 def _table_align(schema: Schema, qualified: str) -> int:
     return _layout(schema, schema.objects[qualified])[2]
 

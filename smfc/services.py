@@ -13,7 +13,15 @@ import jinja2
 from .layout import parameter, parenthesized
 from .model import Method, Object, Schema, Service
 from .tables import ImportTable, module_of
-from .verifiers import plan, render_each, render_fast, render_table, render_union, vtable_readers
+from .verifiers import (
+    layout_readers,
+    plan,
+    render_each,
+    render_fast,
+    render_table,
+    render_union,
+    vtable_readers,
+)
 
 STUB_SUFFIX = "_smf"
 
@@ -40,6 +48,7 @@ _MODULE_NAMES = frozenset(
         "OUT_OF_BOUNDS",
         "VerificationError",
         "vtable_reader",
+        "unpacker",
         "Default",
         "Verifier",
         # constants and helpers
@@ -278,7 +287,7 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
         general = docstring([f"The general checks of ``{obj.name}``: precise faults."], " " * 4)
         view.verifiers.append(render_table(schema, verifiers, obj, general))
     view.verifiers += [render_union(schema, verifiers, union) for union in unions]
-    view.vtable_readers = vtable_readers(schema, tables)
+    view.vtable_readers = vtable_readers(schema, tables) + layout_readers(schema, verifiers, tables)
     view.catches = any("except VerificationError" in code for code in view.verifiers)
     seen: set[str] = set()
     for mv in methods:

@@ -22,6 +22,7 @@ self-contained, and tables that refer to each other across namespaces need no im
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -56,6 +57,7 @@ class Verifiers:
     checks: dict[str, str] = field(default_factory=dict)  # table -> _check_T (general path)
     unions: dict[str, str] = field(default_factory=dict)  # union -> _U_VERIFIERS
     vectors: dict[str, str] = field(default_factory=dict)  # vector element -> _each_T
+    layouts: dict[str, str] = field(default_factory=dict)  # table -> _LAYOUT_T (smfc's)
 
     def names(self) -> set[str]:
         """The module-level names the verifiers define."""
@@ -64,6 +66,7 @@ class Verifiers:
             *self.checks.values(),
             *self.unions.values(),
             *self.vectors.values(),
+            *self.layouts.values(),
         }
 
 
@@ -152,6 +155,8 @@ def plan(schema: Schema, roots: Iterable[Object]) -> tuple[Verifiers, list[Objec
     for u in unions:
         out.unions[u.name] = f"_{stem(u.name)}_VERIFIERS"
     for t in tables:
+        if not general_only(schema, t):
+            out.layouts[t.name] = f"_LAYOUT_{stem(t.name)}"
         for f in _live(t.fields):
             element = schema.objects.get(f.type.ref) if f.type.base is BaseType.VECTOR else None
             if element is not None and not element.is_struct and not general_only(schema, element):
@@ -234,6 +239,7 @@ class _Check:
     optional: bool
     static: str
     dynamic: str = ""
+    encoded: str = ""  # the check against smfc's own layout (``x`` equals its offset there)
 
     def render(self, part: str) -> str:
         if not part:
@@ -250,6 +256,10 @@ class _Fast:
     checks: list[_Check] = field(default_factory=list)
     later: list[str] = field(default_factory=list)
     general: bool = False
+    reads: dict[int, int] = field(default_factory=dict)  # offset field id -> its place
+
+    def encoded(self) -> list[str]:
+        return [c.render(c.encoded) for c in self.checks if c.encoded]
 
     def single(self) -> list[str]:
         """Each field's checks, static then dynamic, in one condition."""
@@ -263,7 +273,10 @@ class _Fast:
 
 
 def _fast(schema: Schema, names: Verifiers, obj: Object) -> _Fast:
+    from .codecs import encoded_layout  # (codecs imports this module)
+
     out = _Fast(_slots(obj))
+    places = encoded_layout(schema, obj)[0]
     owner = f'"{obj.short_name}"'
     for f in _live(obj.fields):
         t = f.type
@@ -275,20 +288,27 @@ def _fast(schema: Schema, names: Verifiers, obj: Object) -> _Fast:
         required = ", required=True" if f.required else ""
         optional = not f.required
 
-        def inline(size: int, align: int, x: str = x, optional: bool = optional) -> None:
+        def inline(
+            size: int, align: int, x: str = x, optional: bool = optional, k: int = k
+        ) -> None:
             """A scalar or struct stored in the table: inside it and aligned (the table
             is 4-byte aligned, so up to 4 that is the offset's own alignment)."""
             place = f"{x} + {size} <= tsize" if size > 1 else f"{x} < tsize"
             if 1 < align <= 4:
                 place += f" and not {x} & {align - 1}"
             dynamic = f"not (pos + {x}) & {align - 1}" if align > 4 else ""
-            out.checks.append(_Check(x, optional, place, dynamic))
+            out.checks.append(_Check(x, optional, place, dynamic, f"{x} == {places[k]}"))
 
-        def offset(deref: str, x: str = x, optional: bool = optional) -> None:
-            """An offset stored in the table (4 bytes, aligned), then what it points to."""
+        def offset(deref: str, x: str = x, optional: bool = optional, k: int = k) -> None:
+            """An offset stored in the table (4 bytes, aligned), then what it points to:
+            ``deref`` of ``r`` read at ``a``; in smfc's layout, ``r{k}`` read already."""
             static = f"{x} + 4 <= tsize and not {x} & 3"
+            dynamic = f"(r := u[(a := pos + {x}) >> 2]) and {deref}"
+            at = places[k]
+            out.reads[k] = at
+            mine = re.sub(r"\br\b", f"r{k}", deref).replace(f"a + r{k}", f"pos + {at} + r{k}")
             out.checks.append(
-                _Check(x, optional, static, f"(r := u[(a := pos + {x}) >> 2]) and {deref}")
+                _Check(x, optional, static, dynamic, f"{x} == {at} and r{k} and {mine}")
             )
 
         def vector(size: int, k: int = k) -> str:
@@ -383,28 +403,75 @@ def _chain(indent: str, head: str, conditions: list[str], tail: str = "") -> lis
 _READ_VTABLE = "_VT_{m}(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)"
 
 
+def _encoded(schema: Schema, obj: Object, fast: _Fast) -> tuple[str, str, list[str]]:
+    """The check against the layout smfc's encoder writes (``codecs.encoded_layout``):
+    the format that reads the table's soffset, its offset fields and its vtable in one
+    ``unpack_from`` (which fails past the end of the buffer: the table and its vtable lie
+    inside), the names it unpacks into and the conditions (the soffset and vtable header
+    as written, the table aligned, each field absent or at its place). Every bound is
+    then known but those of what the offsets point to, which the conditions check."""
+    from .codecs import encoded_layout
+
+    _, inline, align = encoded_layout(schema, obj)
+    n = fast.n
+    vt_off = (inline + 1) & -2
+    fmt, names, cur = ["<i"], ["s"], 4
+    for k, at in sorted(fast.reads.items(), key=lambda item: item[1]):
+        if at > cur:
+            fmt.append(f"{at - cur}x")
+        fmt.append("I")
+        names.append(f"r{k}")
+        cur = at + 4
+    if vt_off > cur:
+        fmt.append(f"{vt_off - cur}x")
+    fmt.append("I" + "H" * n)
+    used = {c.x for c in fast.checks}
+    names += ["h", *(f"x{k}" if f"x{k}" in used else "_" for k in range(n))]
+    head = (4 + 2 * n) | inline << 16
+    table = f"s == {-vt_off} and h == {head} and not pos & {align - 1}"
+    return "".join(fmt), ", ".join(names), [table, *fast.encoded()]
+
+
+def layout_readers(schema: Schema, names: Verifiers, tables: Iterable[Object]) -> list[str]:
+    """The module constants that read a table as smfc's encoder lays it out."""
+    out = []
+    for t in tables:
+        if general_only(schema, t):
+            continue
+        fmt, _, _ = _encoded(schema, t, _fast(schema, names, t))
+        out.append(f'{names.layouts[t.name]}: Final = unpacker("{fmt}")')
+    return out
+
+
 def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
-    """``def verify_T(v, pos)``: the fast path. One expression checks the table and every
-    field that needs no recursion (placement in the table, alignment, offsets, strings,
-    vectors of scalars, structs and strings), inline: no call per field. Reads go through
-    ``v.words`` (the buffer as uint32s) and ``unpack_from``; one past the end raises
-    ``OUT_OF_BOUNDS``, which (as any check that fails) hands the table to ``_check_T``,
-    the general path, which raises the precise fault or passes what the fast path was too
-    strict for. Then the tables it holds are verified, one level deeper."""
+    """``def verify_T(v, pos)``: the fast path. First the table as smfc's encoder lays it
+    out (one ``unpack_from``, then each field absent or where the encoder puts it), else
+    as any writer may (the vtable read and checked), each in one inline expression: the
+    table and every field that needs no recursion (placement, alignment, offsets,
+    strings, vectors of scalars, structs and strings), no call per field. Reads go
+    through ``v.words`` (the buffer as uint32s) and ``unpack_from``; one past the end
+    raises ``OUT_OF_BOUNDS``, which (as any check that fails) hands the table to
+    ``_check_T``, the general path, which raises the precise fault or passes what the
+    fast path was too strict for. Then the tables it holds are verified, one level
+    deeper. Tables with unions or nested buffers skip smfc's layout and end with the
+    general checks of those fields."""
     fast = _fast(schema, names, obj)
     n = fast.n
     lines = ["# fmt: off", f"def {names.functions[obj.name]}(v: Verifier, pos: int) -> None:", doc]
-    lines += ["    u = v.words", "    buf = v.buf", "    size = v.size", "    try:"]
-    lines += _vtable(fast, "        ", _READ_VTABLE.format(m=n + 2))
+    lines += ["    u = v.words", "    buf = v.buf", "    size = v.size"]
     table = "not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos"
-    lines += _chain("        ", "ok = ", [table, *fast.single()])
-    lines += [
-        "    except OUT_OF_BOUNDS:",
-        "        ok = False",
-        "    if not ok:",
-        f"        {names.checks[obj.name]}(v, pos)",
-        "        return",
-    ]
+    generic = ["try:", *_vtable(fast, "    ", _READ_VTABLE.format(m=n + 2))]
+    generic += _chain("    ", "ok = ", [table, *fast.single()])
+    generic += ["except OUT_OF_BOUNDS:", "    ok = False", "if not ok:"]
+    generic += [f"    {names.checks[obj.name]}(v, pos)", "    return"]
+    if obj.name in names.layouts:
+        _, unpacked, conditions = _encoded(schema, obj, fast)
+        lines += ["    try:", f"        {unpacked} = {names.layouts[obj.name]}(buf, pos)"]
+        lines += _chain("        ", "ok = ", conditions)
+        lines += ["    except OUT_OF_BOUNDS:", "        ok = False", "    if not ok:"]
+        lines += [f"        {line}" for line in generic]
+    else:
+        lines += [f"    {line}" for line in generic]
     if fast.general:
         lines.append(f'    t = v.table(pos, "{obj.short_name}")')
     lines += [f"    {line}" for line in fast.later]
@@ -414,12 +481,14 @@ def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
 
 def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     """``def _each_T(v, start, n, table, field)``: the tables of a vector of ``T``, each
-    checked as ``verify_T`` does inline, one level deeper. The checks that depend only on
-    a vtable run once per distinct vtable (an encoder writes the same one for every
-    element whose fields are laid out alike); an element that fails anything is checked
-    again on its own by ``verify_T`` (through ``Verifier.element``, which names it)."""
+    checked as ``verify_T`` does inline, one level deeper. Those not in smfc's layout are
+    checked as any writer may lay them out, the checks that depend only on a vtable once
+    per distinct vtable (an encoder writes the same one for every element whose fields
+    are laid out alike); an element that fails anything is checked again on its own by
+    ``verify_T`` (through ``Verifier.element``, which names it)."""
     fast = _fast(schema, names, obj)
     n = fast.n
+    _, unpacked, conditions = _encoded(schema, obj, fast)
     lines = [
         "# fmt: off",
         f"def {names.vectors[obj.name]}(v: Verifier, start: int, n: int, table: str, field: str) -> None:",
@@ -433,31 +502,44 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         "    size = v.size",
         "    known: object = None",
         "    good: object = False",
+        "    mine: object = True",
         "    for at in range(start, start + 4 * n, 4):",
-        "        try:",
-        "            pos = at + u[at >> 2]",
-        f"            if (t := {_READ_VTABLE.format(m=n + 2)}) != known:",
-        "                known = t",
+        "        ok: object = False",
+        "        if mine:  # smfc's layout, until an element is not in it",
+        "            try:",
+        "                pos = at + u[at >> 2]",
+        f"                {unpacked} = {names.layouts[obj.name]}(buf, pos)",
+    ]
+    lines += _chain("                ", "ok = ", conditions)
+    lines += [
+        "            except OUT_OF_BOUNDS:",
+        "                ok = False",
+        "            mine = ok",
+        "        if not ok:",
+        "            try:",
+        "                pos = at + u[at >> 2]",
+        f"                t = {_READ_VTABLE.format(m=n + 2)}",
     ]
     lines += _vtable(fast, "                ", "t")
+    lines += ["                if t != known:", "                    known = t"]
     lines += _chain(
-        "                ",
+        "                    ",
         "good = ",
         [f"4 <= vsize <= {4 + 2 * n} and not vsize & 1 and tsize >= 4", *fast.static()],
     )
     lines += _chain(
-        "            ",
+        "                ",
         "ok = ",
         ["good and not (pos & 3 | vt & 1) and tsize <= size - pos", *fast.dynamic()],
     )
     lines += [
-        "        except OUT_OF_BOUNDS:",
-        "            ok = False",
-        "        if not ok:",
-        f"            v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
+        "            except OUT_OF_BOUNDS:",
+        "                ok = False",
+        "            if not ok:",
+        f"                v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
     ]
     if fast.later:
-        lines += ["            continue", "        try:"]
+        lines += ["                continue", "        try:"]
         lines += [f"            {line}" for line in fast.later]
         lines += [
             "        except VerificationError as err:",

@@ -25,6 +25,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -148,6 +149,8 @@ def _encode_HealthCheckResponse(
 
 
 _VT_3: Final = vtable_reader(3)
+_LAYOUT_HealthCheckRequest: Final = unpacker("<iIIH")
+_LAYOUT_HealthCheckResponse: Final = unpacker("<i2xIH")
 
 
 # fmt: off
@@ -157,18 +160,27 @@ def verify_HealthCheckRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_HealthCheckRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HealthCheckRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthCheckRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -185,18 +197,27 @@ def verify_HealthCheckResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, h, x0 = _LAYOUT_HealthCheckResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 < tsize))
+            s == -6 and h == 327686 and not pos & 3 and
+            (not x0 or (x0 == 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HealthCheckResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthCheckResponse(v, pos)
+            return
 # fmt: on
 
 

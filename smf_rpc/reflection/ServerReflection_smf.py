@@ -25,6 +25,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -221,6 +222,12 @@ _VT_2: Final = vtable_reader(2)
 _VT_3: Final = vtable_reader(3)
 _VT_4: Final = vtable_reader(4)
 _VT_6: Final = vtable_reader(6)
+_LAYOUT_ListServicesRequest: Final = unpacker("<iI")
+_LAYOUT_ListServicesResponse: Final = unpacker("<iIIH")
+_LAYOUT_MethodInfo: Final = unpacker("<iI4xIHH")
+_LAYOUT_SchemaRequest: Final = unpacker("<iIIH")
+_LAYOUT_SchemaResponse: Final = unpacker("<iIIIHH")
+_LAYOUT_ServiceInfo: Final = unpacker("<iIII2xIHHHH")
 
 
 # fmt: off
@@ -230,15 +237,23 @@ def verify_ListServicesRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_ListServicesRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ListServicesRequest(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ListServicesRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -254,18 +269,27 @@ def verify_ListServicesResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_ListServicesResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ListServicesResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ListServicesResponse(v, pos)
+            return
     if x0:
         _each_ServiceInfo(v, p0 + 4, u[p0 >> 2], "ListServicesResponse", "services")
 # fmt: on
@@ -284,19 +308,29 @@ def verify_MethodInfo(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, h, x0, x1 = _LAYOUT_MethodInfo(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_MethodInfo(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_MethodInfo(v, pos)
+            return
 # fmt: on
 
 
@@ -314,27 +348,43 @@ def _each_MethodInfo(v: Verifier, start: int, n: int, table: str, field: str) ->
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r0, h, x0, x1 = _LAYOUT_MethodInfo(buf, pos)
+                ok = (
+                    s == -12 and h == 786440 and not pos & 3 and
+                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                    (not x1 or (x1 == 8))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
-                good = (
-                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_MethodInfo, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_MethodInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -353,18 +403,27 @@ def verify_SchemaRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_SchemaRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_SchemaRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_SchemaRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -381,19 +440,29 @@ def verify_SchemaResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_SchemaResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 1 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 1 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_SchemaResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 1 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_SchemaResponse(v, pos)
+            return
 # fmt: on
 
 
@@ -411,21 +480,33 @@ def verify_ServiceInfo(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 12:
-            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
-            (not x3 or (x3 < tsize))
+            s == -18 and h == 1114124 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 16))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ServiceInfo(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ServiceInfo(v, pos)
+            return
     if x2:
         _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")
 # fmt: on
@@ -445,32 +526,50 @@ def _each_ServiceInfo(v: Verifier, start: int, n: int, table: str, field: str) -
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
+                ok = (
+                    s == -18 and h == 1114124 and not pos & 3 and
+                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                    (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                    (not x3 or (x3 == 16))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
-                good = (
-                    4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 < tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 < tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_ServiceInfo, at, (at - start) >> 2, table, field)
-            continue
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_ServiceInfo, at, (at - start) >> 2, table, field)
+                continue
         try:
             if x2:
                 _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")

@@ -24,6 +24,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -332,6 +333,16 @@ _VT_5: Final = vtable_reader(5)
 _VT_7: Final = vtable_reader(7)
 _VT_8: Final = vtable_reader(8)
 _VT_9: Final = vtable_reader(9)
+_LAYOUT_AdminReply: Final = unpacker("<iIIIHH")
+_LAYOUT_ClusterDescription: Final = unpacker("<iII8xIIIHHHHHH")
+_LAYOUT_CreateTopicRequest: Final = unpacker("<iI8xIHHH")
+_LAYOUT_DeleteTopicRequest: Final = unpacker("<iIIH")
+_LAYOUT_DescribeRequest: Final = unpacker("<iI")
+_LAYOUT_HealthReply: Final = unpacker("<i26xIHHHHH")
+_LAYOUT_HealthRequest: Final = unpacker("<iI")
+_LAYOUT_NodeInfo: Final = unpacker("<i4xI2xIHHH")
+_LAYOUT_PartitionInfo: Final = unpacker("<i40xI4xIHHHHHHH")
+_LAYOUT_TopicInfo: Final = unpacker("<iIIIHH")
 
 
 # fmt: off
@@ -341,19 +352,29 @@ def verify_AdminReply(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_AdminReply(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_AdminReply(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AdminReply(v, pos)
+            return
 # fmt: on
 
 
@@ -371,23 +392,37 @@ def verify_ClusterDescription(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 16:
-            x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+        s, r0, r1, r4, r5, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_ClusterDescription(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
-            (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 4 <= size - p5 - 4))
+            s == -28 and h == 1835024 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12)) and
+            (not x3 or (x3 == 16)) and
+            (not x4 or (x4 == 20 and r4 and not r4 & 3 and u[(p4 := pos + 20 + r4) >> 2] * 4 <= size - p4 - 4)) and
+            (not x5 or (x5 == 24 and r5 and not r5 & 3 and u[(p5 := pos + 24 + r5) >> 2] * 4 <= size - p5 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ClusterDescription(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 16:
+                x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
+                (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 4 <= size - p5 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ClusterDescription(v, pos)
+            return
     if x4:
         _each_NodeInfo(v, p4 + 4, u[p4 >> 2], "ClusterDescription", "nodes")
     if x5:
@@ -413,20 +448,31 @@ def verify_CreateTopicRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r0, h, x0, x1, x2 = _LAYOUT_CreateTopicRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+            s == -16 and h == 1048586 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 12))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_CreateTopicRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_CreateTopicRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -445,18 +491,27 @@ def verify_DeleteTopicRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_DeleteTopicRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_DeleteTopicRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_DeleteTopicRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -473,15 +528,23 @@ def verify_DescribeRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_DescribeRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_DescribeRequest(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_DescribeRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -497,22 +560,35 @@ def verify_HealthReply(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 14:
-            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        s, h, x0, x1, x2, x3, x4 = _LAYOUT_HealthReply(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-            (not x1 or (x1 < tsize)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            s == -30 and h == 1900558 and not pos & 7 and
+            (not x0 or (x0 == 16)) and
+            (not x1 or (x1 == 28)) and
+            (not x2 or (x2 == 20)) and
+            (not x3 or (x3 == 24)) and
+            (not x4 or (x4 == 8))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HealthReply(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 < tsize)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthReply(v, pos)
+            return
 # fmt: on
 
 
@@ -533,15 +609,23 @@ def verify_HealthRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_HealthRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HealthRequest(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -557,20 +641,31 @@ def verify_NodeInfo(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x2 or (x2 < tsize))
+            s == -14 and h == 851978 and not pos & 3 and
+            (not x0 or (x0 == 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_NodeInfo(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_NodeInfo(v, pos)
+            return
 # fmt: on
 
 
@@ -586,28 +681,45 @@ def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> N
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
+                ok = (
+                    s == -14 and h == 851978 and not pos & 3 and
+                    (not x0 or (x0 == 4)) and
+                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                    (not x2 or (x2 == 12))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
-                good = (
-                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-                    (not x2 or (x2 < tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 < tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -627,24 +739,39 @@ def verify_PartitionInfo(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 18:
-            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
-            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
-            (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+            s == -52 and h == 3407890 and not pos & 7 and
+            (not x0 or (x0 == 40)) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 48)) and
+            (not x4 or (x4 == 16)) and
+            (not x5 or (x5 == 24)) and
+            (not x6 or (x6 == 32))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_PartitionInfo(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 18:
+                x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_PartitionInfo(v, pos)
+            return
 # fmt: on
 
 
@@ -662,36 +789,57 @@ def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str)
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
+                ok = (
+                    s == -52 and h == 3407890 and not pos & 7 and
+                    (not x0 or (x0 == 40)) and
+                    (not x1 or (x1 == 8)) and
+                    (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                    (not x3 or (x3 == 48)) and
+                    (not x4 or (x4 == 16)) and
+                    (not x5 or (x5 == 24)) and
+                    (not x6 or (x6 == 32))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
-                good = (
-                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 + 8 <= tsize)) and
-                    (not x5 or (x5 + 8 <= tsize)) and
-                    (not x6 or (x6 + 8 <= tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 + 8 <= tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                    (not x4 or (not (pos + x4) & 7)) and
+                    (not x5 or (not (pos + x5) & 7)) and
+                    (not x6 or (not (pos + x6) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
-                (not x4 or (not (pos + x4) & 7)) and
-                (not x5 or (not (pos + x5) & 7)) and
-                (not x6 or (not (pos + x6) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -715,19 +863,29 @@ def verify_TopicInfo(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_TopicInfo(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_TopicInfo(v, pos)
+            return
     if x1:
         _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
 # fmt: on
@@ -745,29 +903,45 @@ def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> 
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
+                ok = (
+                    s == -12 and h == 786440 and not pos & 3 and
+                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
-                good = (
-                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
-            continue
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
+                continue
         try:
             if x1:
                 _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")

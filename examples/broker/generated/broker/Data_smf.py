@@ -23,6 +23,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -209,6 +210,12 @@ _VT_3: Final = vtable_reader(3)
 _VT_5: Final = vtable_reader(5)
 _VT_6: Final = vtable_reader(6)
 _VT_7: Final = vtable_reader(7)
+_LAYOUT_FetchReply: Final = unpacker("<i12xIIIIHHHH")
+_LAYOUT_FetchRequest: Final = unpacker("<i12xI10xIHHHHH")
+_LAYOUT_ProduceReply: Final = unpacker("<iIIIIHHH")
+_LAYOUT_ProduceRequest: Final = unpacker("<iI4xIIHHH")
+_LAYOUT_Record: Final = unpacker("<i16xIIHHH")
+_LAYOUT_Value: Final = unpacker("<iIIH")
 
 
 # fmt: off
@@ -218,21 +225,33 @@ def verify_FetchReply(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 12:
-            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_FetchReply(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
-            (not x3 or (x3 + 8 <= tsize and not (pos + x3) & 7))
+            s == -28 and h == 1835020 and not pos & 7 and
+            (not x0 or (x0 == 16 and r0 and not r0 & 3 and not buf[(p := pos + 16 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 20 and r1 and not r1 & 3 and not buf[(p := pos + 20 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 24 and r2 and not r2 & 3 and u[(p2 := pos + 24 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 8))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_FetchReply(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 + 8 <= tsize and not (pos + x3) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_FetchReply(v, pos)
+            return
     if x2:
         _each_Record(v, p2 + 4, u[p2 >> 2], "FetchReply", "records")
 # fmt: on
@@ -254,22 +273,35 @@ def verify_FetchRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 14:
-            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        s, r0, h, x0, x1, x2, x3, x4 = _LAYOUT_FetchRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-            (not x2 or (x2 + 8 <= tsize and not (pos + x2) & 7)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 < tsize))
+            s == -30 and h == 1900558 and not pos & 7 and
+            (not x0 or (x0 == 16 and r0 and not r0 & 3 and not buf[(p := pos + 16 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 20)) and
+            (not x2 or (x2 == 8)) and
+            (not x3 or (x3 == 24)) and
+            (not x4 or (x4 == 28))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_FetchRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 8 <= tsize and not (pos + x2) & 7)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_FetchRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -290,20 +322,31 @@ def verify_ProduceReply(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r0, r1, r2, h, x0, x1, x2 = _LAYOUT_ProduceReply(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 8 <= size - p2 - 4))
+            s == -16 and h == 1048586 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 8 <= size - p2 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ProduceReply(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 8 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ProduceReply(v, pos)
+            return
 # fmt: on
 
 
@@ -322,20 +365,31 @@ def verify_ProduceRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r0, r2, h, x0, x1, x2 = _LAYOUT_ProduceRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+            s == -16 and h == 1048586 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ProduceRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ProduceRequest(v, pos)
+            return
     if x2:
         _each_Value(v, p2 + 4, u[p2 >> 2], "ProduceRequest", "values")
 # fmt: on
@@ -356,20 +410,31 @@ def verify_Record(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            s == -24 and h == 1572874 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Record(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Record(v, pos)
+            return
 # fmt: on
 
 
@@ -385,29 +450,46 @@ def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> Non
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
+                ok = (
+                    s == -24 and h == 1572874 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
-                good = (
-                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Record, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_Record, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -427,18 +509,27 @@ def verify_Value(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_Value(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Value(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Value(v, pos)
+            return
 # fmt: on
 
 
@@ -454,26 +545,41 @@ def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r0, h, x0 = _LAYOUT_Value(buf, pos)
+                ok = (
+                    s == -8 and h == 524294 and not pos & 3 and
+                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0 = t
                 if vsize < 6:
                     x0, = v.short_offsets(vt, vsize, 1)
-                good = (
-                    4 <= vsize <= 6 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 6 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Value, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_Value, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 

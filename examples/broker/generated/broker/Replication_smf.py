@@ -24,6 +24,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -261,6 +262,17 @@ _VT_7: Final = vtable_reader(7)
 _VT_8: Final = vtable_reader(8)
 _VT_9: Final = vtable_reader(9)
 _VT_10: Final = vtable_reader(10)
+_LAYOUT_Ack: Final = unpacker("<i4xIH")
+_LAYOUT_AppendBatch: Final = unpacker("<iIIIHH")
+_LAYOUT_AppendRequest: Final = unpacker("<i52xIIHHHHHHHH")
+_LAYOUT_AppendResponse: Final = unpacker("<i46xIHHHHHHH")
+_LAYOUT_Heartbeat: Final = unpacker("<i36xIHHHHH")
+_LAYOUT_HeartbeatBatch: Final = unpacker("<iIIIHH")
+_LAYOUT_HeartbeatResponse: Final = unpacker("<i28xIHHHH")
+_LAYOUT_LogEntry: Final = unpacker("<i20xI2xIHHHH")
+_LAYOUT_VoteBatch: Final = unpacker("<iIIIHH")
+_LAYOUT_VoteRequest: Final = unpacker("<i46xIHHHHHHH")
+_LAYOUT_VoteResponse: Final = unpacker("<i30xIHHHHHH")
 
 
 # fmt: off
@@ -270,18 +282,27 @@ def verify_Ack(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, h, x0 = _LAYOUT_Ack(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Ack(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Ack(v, pos)
+            return
 # fmt: on
 
 
@@ -298,19 +319,29 @@ def verify_AppendBatch(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_AppendBatch(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_AppendBatch(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AppendBatch(v, pos)
+            return
     if x0:
         _each_AppendRequest(v, p0 + 4, u[p0 >> 2], "AppendBatch", "requests")
     if x1:
@@ -332,25 +363,41 @@ def verify_AppendRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 20:
-            x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+        s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
-            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
-            (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
-            (not x7 or (x7 + 8 <= tsize and not (pos + x7) & 7))
+            s == -60 and h == 3932180 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 48)) and
+            (not x3 or (x3 == 52)) and
+            (not x4 or (x4 == 24)) and
+            (not x5 or (x5 == 32)) and
+            (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
+            (not x7 or (x7 == 40))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_AppendRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 20:
+                x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (x7 + 8 <= tsize and not (pos + x7) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AppendRequest(v, pos)
+            return
     if x6:
         _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
 # fmt: on
@@ -370,39 +417,61 @@ def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str)
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
+                ok = (
+                    s == -60 and h == 3932180 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 48)) and
+                    (not x3 or (x3 == 52)) and
+                    (not x4 or (x4 == 24)) and
+                    (not x5 or (x5 == 32)) and
+                    (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
+                    (not x7 or (x7 == 40))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = t
                 if vsize < 20:
                     x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
-                good = (
-                    4 <= vsize <= 20 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 + 8 <= tsize)) and
-                    (not x5 or (x5 + 8 <= tsize)) and
-                    (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
-                    (not x7 or (x7 + 8 <= tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 20 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
+                        (not x7 or (x7 + 8 <= tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x4 or (not (pos + x4) & 7)) and
+                    (not x5 or (not (pos + x5) & 7)) and
+                    (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                    (not x7 or (not (pos + x7) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x4 or (not (pos + x4) & 7)) and
-                (not x5 or (not (pos + x5) & 7)) and
-                (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
-                (not x7 or (not (pos + x7) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
-            continue
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
+                continue
         try:
             if x6:
                 _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
@@ -433,24 +502,39 @@ def verify_AppendResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 18:
-            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_AppendResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 < tsize)) and
-            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
-            (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+            s == -50 and h == 3211282 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 40)) and
+            (not x3 or (x3 == 44)) and
+            (not x4 or (x4 == 48)) and
+            (not x5 or (x5 == 24)) and
+            (not x6 or (x6 == 32))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_AppendResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 18:
+                x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 < tsize)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AppendResponse(v, pos)
+            return
 # fmt: on
 
 
@@ -468,35 +552,56 @@ def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_AppendResponse(buf, pos)
+                ok = (
+                    s == -50 and h == 3211282 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 40)) and
+                    (not x3 or (x3 == 44)) and
+                    (not x4 or (x4 == 48)) and
+                    (not x5 or (x5 == 24)) and
+                    (not x6 or (x6 == 32))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
-                good = (
-                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 < tsize)) and
-                    (not x5 or (x5 + 8 <= tsize)) and
-                    (not x6 or (x6 + 8 <= tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 < tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 + 8 <= tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x5 or (not (pos + x5) & 7)) and
+                    (not x6 or (not (pos + x6) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x5 or (not (pos + x5) & 7)) and
-                (not x6 or (not (pos + x6) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_AppendResponse, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_AppendResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -520,22 +625,35 @@ def verify_Heartbeat(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 14:
-            x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+        s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            s == -40 and h == 2621454 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 32)) and
+            (not x3 or (x3 == 36)) and
+            (not x4 or (x4 == 24))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Heartbeat(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Heartbeat(v, pos)
+            return
 # fmt: on
 
 
@@ -551,32 +669,51 @@ def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> 
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
+                ok = (
+                    s == -40 and h == 2621454 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 32)) and
+                    (not x3 or (x3 == 36)) and
+                    (not x4 or (x4 == 24))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4 = t
                 if vsize < 14:
                     x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
-                good = (
-                    4 <= vsize <= 14 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 + 8 <= tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 14 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x4 or (not (pos + x4) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x4 or (not (pos + x4) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -598,19 +735,29 @@ def verify_HeartbeatBatch(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_HeartbeatBatch(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HeartbeatBatch(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HeartbeatBatch(v, pos)
+            return
     if x0:
         _each_Heartbeat(v, p0 + 4, u[p0 >> 2], "HeartbeatBatch", "heartbeats")
     if x1:
@@ -632,21 +779,33 @@ def verify_HeartbeatResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 12:
-            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        s, h, x0, x1, x2, x3 = _LAYOUT_HeartbeatResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+            s == -32 and h == 2097164 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 24)) and
+            (not x3 or (x3 == 28))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_HeartbeatResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HeartbeatResponse(v, pos)
+            return
 # fmt: on
 
 
@@ -664,30 +823,48 @@ def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: 
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, h, x0, x1, x2, x3 = _LAYOUT_HeartbeatResponse(buf, pos)
+                ok = (
+                    s == -32 and h == 2097164 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 24)) and
+                    (not x3 or (x3 == 28))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
-                good = (
-                    4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_HeartbeatResponse, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_HeartbeatResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -708,21 +885,33 @@ def verify_LogEntry(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 12:
-            x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+        s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 < tsize)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            s == -30 and h == 1900556 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 28)) and
+            (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_LogEntry(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 < tsize)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_LogEntry(v, pos)
+            return
 # fmt: on
 
 
@@ -738,31 +927,49 @@ def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> N
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
+                ok = (
+                    s == -30 and h == 1900556 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 28)) and
+                    (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
-                good = (
-                    4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 < tsize)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 < tsize)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -783,19 +990,29 @@ def verify_VoteBatch(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_VoteBatch(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_VoteBatch(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_VoteBatch(v, pos)
+            return
     if x0:
         _each_VoteRequest(v, p0 + 4, u[p0 >> 2], "VoteBatch", "requests")
     if x1:
@@ -817,24 +1034,39 @@ def verify_VoteRequest(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 18:
-            x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+        s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
-            (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
-            (not x6 or (x6 < tsize))
+            s == -50 and h == 3211282 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 40)) and
+            (not x3 or (x3 == 44)) and
+            (not x4 or (x4 == 24)) and
+            (not x5 or (x5 == 32)) and
+            (not x6 or (x6 == 48))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_VoteRequest(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 18:
+                x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_VoteRequest(v, pos)
+            return
 # fmt: on
 
 
@@ -852,35 +1084,56 @@ def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
+                ok = (
+                    s == -50 and h == 3211282 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 40)) and
+                    (not x3 or (x3 == 44)) and
+                    (not x4 or (x4 == 24)) and
+                    (not x5 or (x5 == 32)) and
+                    (not x6 or (x6 == 48))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
-                good = (
-                    4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 + 8 <= tsize)) and
-                    (not x5 or (x5 + 8 <= tsize)) and
-                    (not x6 or (x6 < tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 < tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7)) and
+                    (not x4 or (not (pos + x4) & 7)) and
+                    (not x5 or (not (pos + x5) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7)) and
-                (not x4 or (not (pos + x4) & 7)) and
-                (not x5 or (not (pos + x5) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -904,23 +1157,37 @@ def verify_VoteResponse(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 16:
-            x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+        s, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_VoteResponse(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-            (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-            (not x4 or (x4 < tsize)) and
-            (not x5 or (x5 < tsize))
+            s == -34 and h == 2228240 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 24)) and
+            (not x3 or (x3 == 28)) and
+            (not x4 or (x4 == 32)) and
+            (not x5 or (x5 == 33))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_VoteResponse(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 16:
+                x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 < tsize)) and
+                (not x5 or (x5 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_VoteResponse(v, pos)
+            return
 # fmt: on
 
 
@@ -938,32 +1205,52 @@ def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) 
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_VoteResponse(buf, pos)
+                ok = (
+                    s == -34 and h == 2228240 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16)) and
+                    (not x2 or (x2 == 24)) and
+                    (not x3 or (x3 == 28)) and
+                    (not x4 or (x4 == 32)) and
+                    (not x5 or (x5 == 33))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2, x3, x4, x5 = t
                 if vsize < 16:
                     x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
-                good = (
-                    4 <= vsize <= 16 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 8 <= tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
-                    (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
-                    (not x4 or (x4 < tsize)) and
-                    (not x5 or (x5 < tsize))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 16 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 < tsize)) and
+                        (not x5 or (x5 < tsize))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or (not (pos + x1) & 7))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or (not (pos + x1) & 7))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_VoteResponse, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_VoteResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 

@@ -24,6 +24,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -137,6 +138,8 @@ def _encode__Thing(
 
 
 _VT_4: Final = vtable_reader(4)
+_LAYOUT_Peer: Final = unpacker("<iIIIHH")
+_LAYOUT_Thing: Final = unpacker("<i4xIIHH")
 
 
 # fmt: off
@@ -146,19 +149,29 @@ def verify_Peer(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r0, r1, h, x0, x1 = _LAYOUT_Peer(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and (c0 := a + r) < size)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and (c0 := pos + 4 + r0) < size)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Peer(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and (c0 := a + r) < size)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Peer(v, pos)
+            return
     if x0:
         v.visit(verify_Thing, c0, "Peer", "thing", -1)
     if x1:
@@ -180,19 +193,29 @@ def verify_Thing(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4)) and
+            (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Thing(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Thing(v, pos)
+            return
     if x1:
         v.visit(verify_Peer, c1, "Thing", "peer", -1)
 # fmt: on
@@ -210,28 +233,44 @@ def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
+                ok = (
+                    s == -12 and h == 786440 and not pos & 3 and
+                    (not x0 or (x0 == 4)) and
+                    (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
-                good = (
-                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Thing, at, (at - start) >> 2, table, field)
-            continue
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_Thing, at, (at - start) >> 2, table, field)
+                continue
         try:
             if x1:
                 v.visit(verify_Peer, c1, "Thing", "peer", -1)

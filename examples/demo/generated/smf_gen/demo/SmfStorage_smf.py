@@ -25,6 +25,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -186,6 +187,8 @@ def _encode_Response(
 
 
 _VT_3: Final = vtable_reader(3)
+_LAYOUT_Request: Final = unpacker("<iIIH")
+_LAYOUT_Response: Final = unpacker("<iIIH")
 
 
 # fmt: off
@@ -195,18 +198,27 @@ def verify_Request(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_Request(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Request(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Request(v, pos)
+            return
 # fmt: on
 
 
@@ -223,18 +235,27 @@ def verify_Response(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, r0, h, x0 = _LAYOUT_Response(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Response(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Response(v, pos)
+            return
 # fmt: on
 
 

@@ -23,6 +23,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -148,6 +149,9 @@ def _encode_Circle(
 _VT_3: Final = vtable_reader(3)
 _VT_5: Final = vtable_reader(5)
 _VT_15: Final = vtable_reader(15)
+_LAYOUT_Circle: Final = unpacker("<i12xIH")
+_LAYOUT_Point: Final = unpacker("<i12xI2xIHHH")
+_LAYOUT_Square: Final = unpacker("<i12xIH")
 
 
 # fmt: off
@@ -157,18 +161,27 @@ def verify_Circle(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, h, x0 = _LAYOUT_Circle(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+            s == -16 and h == 1048582 and not pos & 7 and
+            (not x0 or (x0 == 8))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Circle(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Circle(v, pos)
+            return
 # fmt: on
 
 
@@ -185,20 +198,31 @@ def verify_Point(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
-            (not x1 or (x1 < tsize)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            s == -22 and h == 1376266 and not pos & 3 and
+            (not x0 or (x0 == 4)) and
+            (not x1 or (x1 == 20)) and
+            (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Point(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 < tsize)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Point(v, pos)
+            return
 # fmt: on
 
 
@@ -216,28 +240,45 @@ def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
+                ok = (
+                    s == -22 and h == 1376266 and not pos & 3 and
+                    (not x0 or (x0 == 4)) and
+                    (not x1 or (x1 == 20)) and
+                    (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
-                good = (
-                    4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
-                    (not x1 or (x1 < tsize)) and
-                    (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 < tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Point, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_Point, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -257,18 +298,27 @@ def verify_Square(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, h, x0 = _LAYOUT_Square(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+            s == -16 and h == 1048582 and not pos & 7 and
+            (not x0 or (x0 == 8))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_Square(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Square(v, pos)
+            return
 # fmt: on
 
 

@@ -29,6 +29,7 @@ from smf.stubs import (
     check_request,
     encode,
     name_methods,
+    unpacker,
     vtable_reader,
 )
 
@@ -234,6 +235,11 @@ _VT_2: Final = vtable_reader(2)
 _VT_3: Final = vtable_reader(3)
 _VT_4: Final = vtable_reader(4)
 _VT_5: Final = vtable_reader(5)
+_LAYOUT_ReplicateSegmentBatchRequestPayload: Final = unpacker("<i12xIIHH")
+_LAYOUT_ReplicationStateCatchingUp: Final = unpacker("<i4xIH")
+_LAYOUT_ReplicationStateFencedByANewerLeader: Final = unpacker("<iI")
+_LAYOUT_ReplicationStateInSync: Final = unpacker("<iI")
+_LAYOUT_ReplicationStateRecoveringFromSnapshot: Final = unpacker("<iI")
 
 
 # fmt: off
@@ -245,19 +251,29 @@ def verify_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 8:
-            x0, x1 = v.short_offsets(vt, vsize, 2)
+        s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-            (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            s == -20 and h == 1310728 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ReplicateSegmentBatchRequestPayload(v, pos)
-        return
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicateSegmentBatchRequestPayload(v, pos)
+            return
 # fmt: on
 
 
@@ -275,28 +291,44 @@ def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, t
     size = v.size
     known: object = None
     good: object = False
+    mine: object = True
     for at in range(start, start + 4 * n, 4):
-        try:
-            pos = at + u[at >> 2]
-            if (t := _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)) != known:
-                known = t
+        ok: object = False
+        if mine:  # smfc's layout, until an element is not in it
+            try:
+                pos = at + u[at >> 2]
+                s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
+                ok = (
+                    s == -20 and h == 1310728 and not pos & 7 and
+                    (not x0 or (x0 == 8)) and
+                    (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
+                )
+            except OUT_OF_BOUNDS:
+                ok = False
+            mine = ok
+        if not ok:
+            try:
+                pos = at + u[at >> 2]
+                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
-                good = (
-                    4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                    (not x0 or (x0 + 8 <= tsize)) and
-                    (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                ok = (
+                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                    (not x0 or (not (pos + x0) & 7)) and
+                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
                 )
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
+            except OUT_OF_BOUNDS:
+                ok = False
+            if not ok:
+                v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -362,18 +394,27 @@ def verify_ReplicationStateCatchingUp(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 6:
-            x0, = v.short_offsets(vt, vsize, 1)
+        s, h, x0 = _LAYOUT_ReplicationStateCatchingUp(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4))
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ReplicationStateCatchingUp(v, pos)
-        return
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicationStateCatchingUp(v, pos)
+            return
 # fmt: on
 
 
@@ -394,15 +435,23 @@ def verify_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_ReplicationStateFencedByANewerLeader(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ReplicationStateFencedByANewerLeader(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicationStateFencedByANewerLeader(v, pos)
+            return
 # fmt: on
 
 
@@ -420,15 +469,23 @@ def verify_ReplicationStateInSync(v: Verifier, pos: int) -> None:
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_ReplicationStateInSync(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ReplicationStateInSync(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicationStateInSync(v, pos)
+            return
 # fmt: on
 
 
@@ -448,15 +505,23 @@ def verify_ReplicationStateRecoveringFromSnapshot(v: Verifier, pos: int) -> None
     buf = v.buf
     size = v.size
     try:
-        vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        s, h = _LAYOUT_ReplicationStateRecoveringFromSnapshot(buf, pos)
         ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            s == -4 and h == 262148 and not pos & 3
         )
     except OUT_OF_BOUNDS:
         ok = False
     if not ok:
-        _check_ReplicationStateRecoveringFromSnapshot(v, pos)
-        return
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicationStateRecoveringFromSnapshot(v, pos)
+            return
 # fmt: on
 
 
