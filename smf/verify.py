@@ -66,13 +66,13 @@ def _vtable_reader(n: int) -> Callable[[memoryview, int], tuple[int, ...]]:
     return reader
 
 
-def _words(view: memoryview) -> memoryview:
-    """``view`` (bytes) as uint32s in the buffer's byte order (little-endian)."""
-    whole = view if not view.nbytes & 3 else view[: view.nbytes & -4]
-    if sys.byteorder == "little":
-        return whole.cast("I")
-    words = array.array("I")  # a copy, swapped: big-endian machines only
-    words.frombytes(whole)
+_LITTLE: Final = sys.byteorder == "little"
+
+
+def _swapped_words(view: memoryview) -> memoryview:
+    """``view`` (bytes) as little-endian uint32s on a big-endian machine: a swapped copy."""
+    words = array.array("I")
+    words.frombytes(view[: view.nbytes & -4])
     words.byteswap()
     return memoryview(words)
 
@@ -153,16 +153,21 @@ class Verifier:
         view = memoryview(buf)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
+        size = view.nbytes
         self.buf = view
-        self.size = view.nbytes
-        self.words = _words(view)
+        self.size = size
+        if _LITTLE:
+            self.words = (view if not size & 3 else view[: size & -4]).cast("I")
+        else:
+            self.words = _swapped_words(view)
         self.max_depth = self.default_max_depth if max_depth is None else max_depth
         if max_tables is None:
             # Each table takes at least 4 bytes, so a buffer of n bytes holds at most n/4
             # distinct ones; allowing 4x that for legitimately shared tables keeps the
             # work O(size), where a flat 1,000,000 let ~400 bytes of cycles-free sharing
             # hold the event loop for about a second.
-            max_tables = min(self.default_max_tables, max(1024, self.size))
+            most = self.default_max_tables
+            max_tables = size if 1024 <= size <= most else min(most, max(1024, size))
         self.max_tables = max_tables
         self.depth = 0
         self.tables = 0

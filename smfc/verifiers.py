@@ -481,14 +481,23 @@ def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
 
 def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     """``def _each_T(v, start, n, table, field)``: the tables of a vector of ``T``, each
-    checked as ``verify_T`` does inline, one level deeper. Those not in smfc's layout are
-    checked as any writer may lay them out, the checks that depend only on a vtable once
-    per distinct vtable (an encoder writes the same one for every element whose fields
-    are laid out alike); an element that fails anything is checked again on its own by
-    ``verify_T`` (through ``Verifier.element``, which names it)."""
+    checked as ``verify_T`` does inline, one level deeper. A first loop takes them in
+    smfc's layout; from the first that is not, a second loop checks them as any writer
+    may lay them out, the checks that depend only on a vtable once per distinct vtable
+    (an encoder writes the same one for every element whose fields are laid out alike,
+    a Builder even shares it); an element that fails anything is checked again on its
+    own by ``verify_T`` (through ``Verifier.element``, which names it)."""
     fast = _fast(schema, names, obj)
     n = fast.n
     _, unpacked, conditions = _encoded(schema, obj, fast)
+    later: list[str] = []
+    if fast.later:
+        later = ["        try:", *(f"            {line}" for line in fast.later)]
+        later += [
+            "        except VerificationError as err:",
+            '            err.within(table, f"{field}[{(at - start) >> 2}]")',
+            "            raise",
+        ]
     lines = [
         "# fmt: off",
         f"def {names.vectors[obj.name]}(v: Verifier, start: int, n: int, table: str, field: str) -> None:",
@@ -500,25 +509,28 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         "    u = v.words",
         "    buf = v.buf",
         "    size = v.size",
+        "    end = rest = start + 4 * n",
+        "    for at in range(start, end, 4):  # smfc's layout",
+        "        try:",
+        "            pos = at + u[at >> 2]",
+        f"            {unpacked} = {names.layouts[obj.name]}(buf, pos)",
+    ]
+    lines += _chain("            ", "ok = ", conditions)
+    lines += [
+        "        except OUT_OF_BOUNDS:",
+        "            ok = False",
+        "        if not ok:",
+        "            rest = at",
+        "            break",
+        *later,
         "    known: object = None",
         "    good: object = False",
-        "    mine: object = True",
-        "    for at in range(start, start + 4 * n, 4):",
-        "        ok: object = False",
-        "        if mine:  # smfc's layout, until an element is not in it",
-        "            try:",
-        "                pos = at + u[at >> 2]",
-        f"                {unpacked} = {names.layouts[obj.name]}(buf, pos)",
-    ]
-    lines += _chain("                ", "ok = ", conditions)
-    lines += [
-        "            except OUT_OF_BOUNDS:",
-        "                ok = False",
-        "            mine = ok",
-        "        if not ok:",
-        "            try:",
-        "                pos = at + u[at >> 2]",
-        f"                t = {_READ_VTABLE.format(m=n + 2)}",
+        "    shared = -1",
+        "    for at in range(rest, end, 4):  # any layout",
+        "        try:",
+        "            pos = at + u[at >> 2]",
+        "            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:",
+        f"                t = _VT_{n + 2}(buf, vt)",
     ]
     lines += _vtable(fast, "                ", "t")
     lines += ["                if t != known:", "                    known = t"]
@@ -527,26 +539,21 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         "good = ",
         [f"4 <= vsize <= {4 + 2 * n} and not vsize & 1 and tsize >= 4", *fast.static()],
     )
+    lines.append("                shared = vt  # a Builder shares one vtable among alike tables")
     lines += _chain(
-        "                ",
+        "            ",
         "ok = ",
         ["good and not (pos & 3 | vt & 1) and tsize <= size - pos", *fast.dynamic()],
     )
     lines += [
-        "            except OUT_OF_BOUNDS:",
-        "                ok = False",
-        "            if not ok:",
-        f"                v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
+        "        except OUT_OF_BOUNDS:",
+        "            ok = False",
+        "        if not ok:",
+        f"            v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
     ]
-    if fast.later:
-        lines += ["                continue", "        try:"]
-        lines += [f"            {line}" for line in fast.later]
-        lines += [
-            "        except VerificationError as err:",
-            '            err.within(table, f"{field}[{(at - start) >> 2}]")',
-            "            raise",
-        ]
-    lines += ["    v.depth -= 1", "# fmt: on"]
+    if later:
+        lines.append("            continue")
+    lines += [*later, "    v.depth -= 1", "# fmt: on"]
     return "\n".join(lines)
 
 

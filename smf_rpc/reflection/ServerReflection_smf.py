@@ -346,27 +346,29 @@ def _each_MethodInfo(v: Verifier, start: int, n: int, table: str, field: str) ->
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, h, x0, x1 = _LAYOUT_MethodInfo(buf, pos)
+            ok = (
+                s == -12 and h == 786440 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 == 8))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r0, h, x0, x1 = _LAYOUT_MethodInfo(buf, pos)
-                ok = (
-                    s == -12 and h == 786440 and not pos & 3 and
-                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
-                    (not x1 or (x1 == 8))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
@@ -377,14 +379,15 @@ def _each_MethodInfo(v: Verifier, start: int, n: int, table: str, field: str) ->
                         (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_MethodInfo, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_MethodInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -524,29 +527,37 @@ def _each_ServiceInfo(v: Verifier, start: int, n: int, table: str, field: str) -
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
+            ok = (
+                s == -18 and h == 1114124 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 == 16))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x2:
+                _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
-                ok = (
-                    s == -18 and h == 1114124 and not pos & 3 and
-                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
-                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
-                    (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
-                    (not x3 or (x3 == 16))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_6(buf, vt)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
@@ -559,17 +570,18 @@ def _each_ServiceInfo(v: Verifier, start: int, n: int, table: str, field: str) -
                         (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
                         (not x3 or (x3 < tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_ServiceInfo, at, (at - start) >> 2, table, field)
-                continue
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_ServiceInfo, at, (at - start) >> 2, table, field)
+            continue
         try:
             if x2:
                 _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")

@@ -19,7 +19,7 @@ def test_codec_benchmark_prints_its_table() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 8  # the header, then one row per message and operation
+    assert len(rows) == 1 + 9  # the header, then one row per message and operation
     assert any("Tree" in row and "verify" in row for row in rows)
 
 

@@ -679,28 +679,30 @@ def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> N
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
+            ok = (
+                s == -14 and h == 851978 and not pos & 3 and
+                (not x0 or (x0 == 4)) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 == 12))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
-                ok = (
-                    s == -14 and h == 851978 and not pos & 3 and
-                    (not x0 or (x0 == 4)) and
-                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
-                    (not x2 or (x2 == 12))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
@@ -712,14 +714,15 @@ def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> N
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
                         (not x2 or (x2 < tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -787,32 +790,34 @@ def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str)
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
+            ok = (
+                s == -52 and h == 3407890 and not pos & 7 and
+                (not x0 or (x0 == 40)) and
+                (not x1 or (x1 == 8)) and
+                (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 == 48)) and
+                (not x4 or (x4 == 16)) and
+                (not x5 or (x5 == 24)) and
+                (not x6 or (x6 == 32))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
-                ok = (
-                    s == -52 and h == 3407890 and not pos & 7 and
-                    (not x0 or (x0 == 40)) and
-                    (not x1 or (x1 == 8)) and
-                    (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
-                    (not x3 or (x3 == 48)) and
-                    (not x4 or (x4 == 16)) and
-                    (not x5 or (x5 == 24)) and
-                    (not x6 or (x6 == 32))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_9(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
@@ -828,18 +833,19 @@ def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str)
                         (not x5 or (x5 + 8 <= tsize)) and
                         (not x6 or (x6 + 8 <= tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
-                    (not x4 or (not (pos + x4) & 7)) and
-                    (not x5 or (not (pos + x5) & 7)) and
-                    (not x6 or (not (pos + x6) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or (not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -901,27 +907,35 @@ def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> 
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
+            ok = (
+                s == -12 and h == 786440 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x1:
+                _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
-                ok = (
-                    s == -12 and h == 786440 and not pos & 3 and
-                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
-                    (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
@@ -932,16 +946,17 @@ def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> 
                         (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
-                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
-                continue
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
+            continue
         try:
             if x1:
                 _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")

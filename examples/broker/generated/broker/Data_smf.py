@@ -448,28 +448,30 @@ def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> Non
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
+            ok = (
+                s == -24 and h == 1572874 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
-                ok = (
-                    s == -24 and h == 1572874 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
@@ -481,15 +483,16 @@ def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> Non
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
                         (not x2 or (x2 + 4 <= tsize and not x2 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_Record, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Record, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -543,26 +546,28 @@ def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, h, x0 = _LAYOUT_Value(buf, pos)
+            ok = (
+                s == -8 and h == 524294 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r0, h, x0 = _LAYOUT_Value(buf, pos)
-                ok = (
-                    s == -8 and h == 524294 and not pos & 3 and
-                    (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_3(buf, vt)
                 vsize, tsize, x0 = t
                 if vsize < 6:
                     x0, = v.short_offsets(vt, vsize, 1)
@@ -572,14 +577,15 @@ def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None
                         4 <= vsize <= 6 and not vsize & 1 and tsize >= 4 and
                         (not x0 or (x0 + 4 <= tsize and not x0 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_Value, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Value, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 

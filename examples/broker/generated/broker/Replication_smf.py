@@ -415,33 +415,41 @@ def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str)
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
+            ok = (
+                s == -60 and h == 3932180 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 48)) and
+                (not x3 or (x3 == 52)) and
+                (not x4 or (x4 == 24)) and
+                (not x5 or (x5 == 32)) and
+                (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (x7 == 40))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x6:
+                _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
-                ok = (
-                    s == -60 and h == 3932180 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 48)) and
-                    (not x3 or (x3 == 52)) and
-                    (not x4 or (x4 == 24)) and
-                    (not x5 or (x5 == 32)) and
-                    (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
-                    (not x7 or (x7 == 40))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_10(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = t
                 if vsize < 20:
                     x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
@@ -458,20 +466,21 @@ def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str)
                         (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
                         (not x7 or (x7 + 8 <= tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x4 or (not (pos + x4) & 7)) and
-                    (not x5 or (not (pos + x5) & 7)) and
-                    (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
-                    (not x7 or (not (pos + x7) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
-                continue
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (not (pos + x7) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
+            continue
         try:
             if x6:
                 _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
@@ -550,32 +559,34 @@ def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_AppendResponse(buf, pos)
+            ok = (
+                s == -50 and h == 3211282 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 40)) and
+                (not x3 or (x3 == 44)) and
+                (not x4 or (x4 == 48)) and
+                (not x5 or (x5 == 24)) and
+                (not x6 or (x6 == 32))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_AppendResponse(buf, pos)
-                ok = (
-                    s == -50 and h == 3211282 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 40)) and
-                    (not x3 or (x3 == 44)) and
-                    (not x4 or (x4 == 48)) and
-                    (not x5 or (x5 == 24)) and
-                    (not x6 or (x6 == 32))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_9(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
@@ -591,17 +602,18 @@ def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str
                         (not x5 or (x5 + 8 <= tsize)) and
                         (not x6 or (x6 + 8 <= tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x5 or (not (pos + x5) & 7)) and
-                    (not x6 or (not (pos + x6) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_AppendResponse, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or (not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_AppendResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -667,30 +679,32 @@ def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> 
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
+            ok = (
+                s == -40 and h == 2621454 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 32)) and
+                (not x3 or (x3 == 36)) and
+                (not x4 or (x4 == 24))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
-                ok = (
-                    s == -40 and h == 2621454 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 32)) and
-                    (not x3 or (x3 == 36)) and
-                    (not x4 or (x4 == 24))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_7(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4 = t
                 if vsize < 14:
                     x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
@@ -704,16 +718,17 @@ def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> 
                         (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
                         (not x4 or (x4 + 8 <= tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x4 or (not (pos + x4) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -821,29 +836,31 @@ def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: 
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3 = _LAYOUT_HeartbeatResponse(buf, pos)
+            ok = (
+                s == -32 and h == 2097164 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 24)) and
+                (not x3 or (x3 == 28))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, h, x0, x1, x2, x3 = _LAYOUT_HeartbeatResponse(buf, pos)
-                ok = (
-                    s == -32 and h == 2097164 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 24)) and
-                    (not x3 or (x3 == 28))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_6(buf, vt)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
@@ -856,15 +873,16 @@ def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: 
                         (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
                         (not x3 or (x3 + 4 <= tsize and not x3 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_HeartbeatResponse, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_HeartbeatResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -925,29 +943,31 @@ def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> N
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
+            ok = (
+                s == -30 and h == 1900556 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 28)) and
+                (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
-                ok = (
-                    s == -30 and h == 1900556 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 28)) and
-                    (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_6(buf, vt)
                 vsize, tsize, x0, x1, x2, x3 = t
                 if vsize < 12:
                     x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
@@ -960,16 +980,17 @@ def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> N
                         (not x2 or (x2 < tsize)) and
                         (not x3 or (x3 + 4 <= tsize and not x3 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -1082,32 +1103,34 @@ def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
+            ok = (
+                s == -50 and h == 3211282 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 40)) and
+                (not x3 or (x3 == 44)) and
+                (not x4 or (x4 == 24)) and
+                (not x5 or (x5 == 32)) and
+                (not x6 or (x6 == 48))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
-                ok = (
-                    s == -50 and h == 3211282 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 40)) and
-                    (not x3 or (x3 == 44)) and
-                    (not x4 or (x4 == 24)) and
-                    (not x5 or (x5 == 32)) and
-                    (not x6 or (x6 == 48))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_9(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
                 if vsize < 18:
                     x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
@@ -1123,17 +1146,18 @@ def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -
                         (not x5 or (x5 + 8 <= tsize)) and
                         (not x6 or (x6 < tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7)) and
-                    (not x4 or (not (pos + x4) & 7)) and
-                    (not x5 or (not (pos + x5) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
@@ -1203,31 +1227,33 @@ def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) 
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_VoteResponse(buf, pos)
+            ok = (
+                s == -34 and h == 2228240 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 24)) and
+                (not x3 or (x3 == 28)) and
+                (not x4 or (x4 == 32)) and
+                (not x5 or (x5 == 33))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_VoteResponse(buf, pos)
-                ok = (
-                    s == -34 and h == 2228240 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16)) and
-                    (not x2 or (x2 == 24)) and
-                    (not x3 or (x3 == 28)) and
-                    (not x4 or (x4 == 32)) and
-                    (not x5 or (x5 == 33))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_8(buf, vt)
                 vsize, tsize, x0, x1, x2, x3, x4, x5 = t
                 if vsize < 16:
                     x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
@@ -1242,15 +1268,16 @@ def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) 
                         (not x4 or (x4 < tsize)) and
                         (not x5 or (x5 < tsize))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or (not (pos + x1) & 7))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_VoteResponse, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_VoteResponse, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 

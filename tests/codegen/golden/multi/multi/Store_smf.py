@@ -344,27 +344,35 @@ def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
+            ok = (
+                s == -12 and h == 786440 and not pos & 3 and
+                (not x0 or (x0 == 4)) and
+                (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x1:
+                v.visit(verify_Peer, c1, "Thing", "peer", -1)
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
-                ok = (
-                    s == -12 and h == 786440 and not pos & 3 and
-                    (not x0 or (x0 == 4)) and
-                    (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
@@ -375,15 +383,16 @@ def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None
                         (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_Thing, at, (at - start) >> 2, table, field)
-                continue
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Thing, at, (at - start) >> 2, table, field)
+            continue
         try:
             if x1:
                 v.visit(verify_Peer, c1, "Thing", "peer", -1)

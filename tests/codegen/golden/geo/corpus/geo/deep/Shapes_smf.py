@@ -238,28 +238,30 @@ def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
+            ok = (
+                s == -22 and h == 1376266 and not pos & 3 and
+                (not x0 or (x0 == 4)) and
+                (not x1 or (x1 == 20)) and
+                (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
-                ok = (
-                    s == -22 and h == 1376266 and not pos & 3 and
-                    (not x0 or (x0 == 4)) and
-                    (not x1 or (x1 == 20)) and
-                    (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
                 vsize, tsize, x0, x1, x2 = t
                 if vsize < 10:
                     x0, x1, x2 = v.short_offsets(vt, vsize, 3)
@@ -271,14 +273,15 @@ def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None
                         (not x1 or (x1 < tsize)) and
                         (not x2 or (x2 + 4 <= tsize and not x2 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_Point, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Point, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 

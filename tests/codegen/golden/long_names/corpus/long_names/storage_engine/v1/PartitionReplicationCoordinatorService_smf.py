@@ -289,27 +289,29 @@ def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, t
     u = v.words
     buf = v.buf
     size = v.size
+    end = rest = start + 4 * n
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
+            ok = (
+                s == -20 and h == 1310728 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
     known: object = None
     good: object = False
-    mine: object = True
-    for at in range(start, start + 4 * n, 4):
-        ok: object = False
-        if mine:  # smfc's layout, until an element is not in it
-            try:
-                pos = at + u[at >> 2]
-                s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
-                ok = (
-                    s == -20 and h == 1310728 and not pos & 7 and
-                    (not x0 or (x0 == 8)) and
-                    (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            mine = ok
-        if not ok:
-            try:
-                pos = at + u[at >> 2]
-                t = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
                 vsize, tsize, x0, x1 = t
                 if vsize < 8:
                     x0, x1 = v.short_offsets(vt, vsize, 2)
@@ -320,15 +322,16 @@ def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, t
                         (not x0 or (x0 + 8 <= tsize)) and
                         (not x1 or (x1 + 4 <= tsize and not x1 & 3))
                     )
-                ok = (
-                    good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                    (not x0 or (not (pos + x0) & 7)) and
-                    (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-                )
-            except OUT_OF_BOUNDS:
-                ok = False
-            if not ok:
-                v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
     v.depth -= 1
 # fmt: on
 
