@@ -510,6 +510,7 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         "    buf = v.buf",
         "    size = v.size",
         "    end = rest = start + 4 * n",
+        "    ok: object = True",
         "    for at in range(start, end, 4):  # smfc's layout",
         "        try:",
         "            pos = at + u[at >> 2]",

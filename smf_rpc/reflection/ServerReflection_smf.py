@@ -347,6 +347,7 @@ def _each_MethodInfo(v: Verifier, start: int, n: int, table: str, field: str) ->
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -528,6 +529,7 @@ def _each_ServiceInfo(v: Verifier, start: int, n: int, table: str, field: str) -
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]

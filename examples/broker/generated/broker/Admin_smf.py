@@ -680,6 +680,7 @@ def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> N
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -791,6 +792,7 @@ def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str)
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -908,6 +910,7 @@ def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> 
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]

@@ -449,6 +449,7 @@ def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> Non
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -547,6 +548,7 @@ def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]

@@ -416,6 +416,7 @@ def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str)
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -560,6 +561,7 @@ def _each_AppendResponse(v: Verifier, start: int, n: int, table: str, field: str
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -680,6 +682,7 @@ def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> 
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -837,6 +840,7 @@ def _each_HeartbeatResponse(v: Verifier, start: int, n: int, table: str, field: 
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -944,6 +948,7 @@ def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> N
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -1104,6 +1109,7 @@ def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
@@ -1228,6 +1234,7 @@ def _each_VoteResponse(v: Verifier, start: int, n: int, table: str, field: str) 
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]

@@ -332,6 +332,7 @@ def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None
     buf = v.buf
     size = v.size
     end = rest = start + 4 * n
+    ok: object = True
     for at in range(start, end, 4):  # smfc's layout
         try:
             pos = at + u[at >> 2]
