@@ -129,10 +129,10 @@ async def test_deadline_timer_is_never_armed_later_than_the_next_deadline(
     call = asyncio.create_task(client.call(kit.SLEEP, b"30"))
     try:
         await kit.wait_until(lambda: client.in_flight == 1)
-        assert client._conn is not None
-        queue = client._conn.deadlines
-        assert queue._timer is not None
-        assert queue._timer.when() <= queue._queue[0][0] + 1e-3
+        deadlines = client._deadlines()
+        armed, earliest = deadlines.next_deadline, deadlines.earliest
+        assert armed is not None and earliest is not None
+        assert armed <= earliest + 1e-3
     finally:
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, smf.RpcError):

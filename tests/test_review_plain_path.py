@@ -315,7 +315,7 @@ async def test_contextvars_do_not_leak_into_requests_pulled_when_a_handler_ends(
         writer.write(kit.frame(1, SETS_VAR_AND_WAITS, b"x") + kit.frame(2, READS_VAR, b"x"))
         conn = await _only_connection(server, kit)
         await kit.wait_until(lambda: server.state.entered == 1, what="the first handler")
-        await kit.wait_until(lambda: conn.decoder.buffered > 0, what="the second request")
+        await kit.wait_until(lambda: conn.protocol.buffered > 0, what="the second request")
         server.state.gate.set()
         frames = {f.session: f.body for f in await kit.read_frames(reader, 2)}
         assert frames == {1: b"waited", 2: b"unset"}

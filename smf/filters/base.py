@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..router import Payload, payload_size
+from ..wire import Payload, payload_size
 
 
 class Message:

@@ -13,8 +13,7 @@ import lz4.block
 import zstandard
 
 from ..errors import BadRequest, PayloadTooLarge
-from ..router import Payload, payload_size
-from ..wire import Compression
+from ..wire import Compression, Payload, payload_size
 from .base import Filter, FilterSide, Message
 
 _U32 = struct.Struct("<I")
