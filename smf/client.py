@@ -162,6 +162,7 @@ class Deadlines:
         self._loop = loop
         self._heap: list[list[Any]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # when the timer fires (read per call: no when() call)
         self._compact_at = compact_at
         self._seq = itertools.count()
 
@@ -171,7 +172,7 @@ class Deadlines:
     @property
     def next_deadline(self) -> float | None:
         """When the timer fires next (loop time), None when none is armed."""
-        return self._timer.when() if self._timer is not None else None
+        return self._armed_at if self._timer is not None else None
 
     @property
     def earliest(self) -> float | None:
@@ -187,10 +188,11 @@ class Deadlines:
         entry = [when, next(self._seq), task, False]
         heapq.heappush(heap, entry)
         timer = self._timer
-        if timer is None or timer.when() > when:
+        if timer is None or self._armed_at > when:
             if timer is not None:
                 timer.cancel()
             self._timer = self._loop.call_at(when, self._fire)
+            self._armed_at = when
         elif len(heap) > self._compact_at:
             self._heap = [e for e in heap if e[2] is not None]
             heapq.heapify(self._heap)
@@ -212,7 +214,8 @@ class Deadlines:
                 task.cancel()
             heapq.heappop(heap)
         if heap:
-            self._timer = self._loop.call_at(heap[0][0], self._fire)
+            self._armed_at = heap[0][0]
+            self._timer = self._loop.call_at(self._armed_at, self._fire)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -231,6 +234,7 @@ class ClientConnection(Connection):
             client.body_timeout,
         )
         self.client = client
+        self.deadlines = client._deadlines()  # the client's, shared across reconnects
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def alone(self) -> bool:
@@ -239,6 +243,9 @@ class ClientConnection(Connection):
 
     def event_received(self, event: ResponseReceived | OversizedResponse) -> None:
         future = event.call  # its session is free again
+        # Unlinked at once: the future will hold the event, and a cycle would keep the
+        # body's receive buffer alive until the garbage collector found it.
+        event.call = None
         if future is None or future.done():
             self.client.stats.late_replies += 1
             if type(event) is ResponseReceived:
@@ -498,28 +505,30 @@ class Client:
         if parent is not None or metadata or (explicit and t is not None):
             t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
         started = perf_counter_ns()
-        entry = None if t is None else self._deadlines().add(asyncio.current_task(), t)
-        waiting = "connection"
         conn = self._conn
-        sessions = future = None
+        sent = False
+        entry = sessions = future = None
         session = 0
         try:
-            if conn is None or conn.closed:
-                conn = await self._ready_connection()
-            sessions = conn.sessions
-            future = conn.loop.create_future()
-            session = conn.protocol.start_call(future)
-            if not session:
-                waiting = "session"
-                session = await sessions.allocate(future)
-            if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
-                raise ConnectionLost(f"connection to {self.address} lost")
-            waiting = "response"
-            if self.filters:
+            if conn is not None and not conn.closed:  # the usual case: no wait to send
+                sessions = conn.sessions
+                future = conn.loop.create_future()
+                session = conn.protocol.start_call(future)
+            if not session:  # connect, reconnect or wait for a session, within t
+                if t is not None:
+                    entry = self._deadlines().add(asyncio.current_task(), t)
+                conn, sessions, future, session = await self._start_call(conn, future)
+            assert conn is not None and future is not None
+            sent = True  # (or being sent: outgoing filters count as the exchange)
+            if self.filters:  # they may be slow: the deadline covers them
+                if entry is None and t is not None:
+                    entry = conn.deadlines.add(asyncio.current_task(), t)
                 await self._send_filtered(conn, session, wire_id, prefix, payload)
             else:
                 conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
                 conn.queued()
+            if entry is None and t is not None:  # after the write: off the round trip
+                entry = conn.deadlines.add(asyncio.current_task(), t)
             self.stats.calls += 1
             event: ResponseReceived = await future
             status, body = event.meta, event.body
@@ -530,7 +539,7 @@ class Client:
                 raise  # cancelled by someone else
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             self.stats.timeouts += 1
-            raise self._expired(waiting, t, sessions) from None
+            raise self._expired(sent, t) from None
         finally:
             if entry is not None:
                 entry[2] = None  # spent: the deadline no longer applies
@@ -549,6 +558,24 @@ class Client:
             self.stats.timeouts += 1  # the server's deadline passed first
         raise RpcError.from_status(status, message)
 
+    async def _start_call(
+        self, conn: ClientConnection | None, future: _CallResult | None
+    ) -> tuple[ClientConnection, SessionTable, _CallResult, int]:
+        """A connection and a session for a call that could not have them at once
+        (not connected yet, reconnecting, or every session in flight)."""
+        if conn is None or conn.closed:
+            conn = await self._ready_connection()
+            future = None
+        if future is None:
+            future = conn.loop.create_future()
+        session = conn.protocol.start_call(future)
+        if not session:
+            session = await conn.sessions.allocate(future)
+        if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
+            conn.sessions.release(session, future)
+            raise ConnectionLost(f"connection to {self.address} lost")
+        return conn, conn.sessions, future, session
+
     def _deadlines(self) -> Deadlines:
         """The client's deadlines (one timer for all its calls, across reconnects)."""
         deadlines = self._deadline_timer
@@ -556,20 +583,18 @@ class Client:
             deadlines = self._deadline_timer = Deadlines(asyncio.get_running_loop())
         return deadlines
 
-    def _expired(
-        self, waiting: str, timeout: float | None, sessions: SessionTable | None
-    ) -> Exception:
-        """What a call whose deadline passed raises, by what it was waiting for."""
-        if waiting == "connection":
+    def _expired(self, sent: bool, timeout: float | None) -> Exception:
+        """What a call whose deadline passed raises: by whether its request was sent,
+        else by what it was waiting for (a connection, or a free session)."""
+        if sent:
+            return DeadlineExceeded(f"no response within {timeout}s (client timeout)")
+        conn = self._conn
+        if conn is None or conn.closed:
             return ConnectionLost(
                 f"not connected to {self.address} (reconnecting) within {timeout}s"
             )
-        if waiting == "session":
-            capacity = sessions.capacity if sessions is not None else self.max_sessions
-            return DeadlineExceeded(
-                f"no free session within {timeout}s: {capacity} calls in flight"
-            )
-        return DeadlineExceeded(f"no response within {timeout}s (client timeout)")
+        capacity = conn.sessions.capacity
+        return DeadlineExceeded(f"no free session within {timeout}s: {capacity} calls in flight")
 
     async def _send_filtered(
         self, conn: ClientConnection, session: int, wire_id: int, prefix: bytes, payload: Payload

@@ -248,30 +248,31 @@ class _Connection:
 
     # ------------------------------------------------------------------ input
 
-    def _next(self) -> Any:
-        if self.state is not State.OPEN:
-            return None
-        try:
-            return self._decoder.next_event()
-        except FrameError as error:
-            self.state = State.ERROR
-            self.error = error
-            return ProtocolError(error)
+    def _failed(self, error: FrameError) -> ProtocolError:
+        self.state = State.ERROR
+        self.error = error
+        return ProtocolError(error)
+
+    # The properties below read the decoder's fields directly: it is this connection's
+    # own, and each is asked once per read or reply.
 
     @property
     def more_buffered(self) -> bool:
         """Another frame's header has arrived: ``next_event`` is not done yet."""
-        return self._decoder.header_buffered
+        decoder = self._decoder  # (its own decoder: read directly, once per reply)
+        return decoder._end - decoder._start >= HEADER_SIZE
 
     @property
     def idle(self) -> bool:
         """No partial frame buffered or being skipped."""
-        return self._decoder.idle
+        decoder = self._decoder
+        return decoder._start == decoder._end and not decoder._skip
 
     @property
     def mid_frame(self) -> bool:
         """Part of a frame has arrived but not all of it (for stall timeouts)."""
-        return not self._decoder.idle
+        decoder = self._decoder
+        return decoder._start != decoder._end or decoder._skip > 0
 
     @property
     def buffered(self) -> int:
@@ -281,7 +282,7 @@ class _Connection:
     @property
     def allocated(self) -> int:
         """Bytes of the receive buffer held now."""
-        return self._decoder.allocated
+        return len(self._decoder._buf)
 
     @property
     def buffers_allocated(self) -> int:
@@ -289,20 +290,30 @@ class _Connection:
 
     # ------------------------------------------------------------------ output
 
-    def _queue(
-        self, session: int, meta: int, body: Payload, compression: int, flags: int, prefix: bytes
+    def _send(
+        self,
+        session: int,
+        meta: int,
+        body: Payload,
+        compression: int = Compression.NONE,
+        flags: int = 0,
+        prefix: bytes = b"",
     ) -> int:
+        """Queue one frame (``send_reply``/``send_request``); returns the body's size on
+        the wire, 0 once closed. ``prefix`` (payload headers) sets
+        ``FLAG_PAYLOAD_HEADERS`` and goes before ``body``."""
         if self.state is State.CLOSED:
             return 0
         out = self._out
         if prefix:
+            flags |= FLAG_PAYLOAD_HEADERS
             header = encode_header(session, meta, (prefix, body), compression, flags)
             out.append(header + prefix)
             out.append(body)
             size = len(prefix) + payload_size(body)
         else:
             header = encode_header(session, meta, body, compression, flags)
-            size = payload_size(body)
+            size = body.nbytes if type(body) is memoryview else len(body)
             if size <= JOIN_LIMIT:
                 out.append(header + body)
             else:
@@ -332,23 +343,17 @@ class ServerProtocol(_Connection):
     def next_event(self) -> ServerEvent | None:
         """The next request (or oversized request, or protocol error); None until more
         bytes arrive (and always after a protocol error or ``close``)."""
-        event: ServerEvent | None = self._next()
+        if self.state is not State.OPEN:
+            return None
+        try:
+            event: ServerEvent | None = self._decoder.next_event()  # type: ignore[assignment]
+        except FrameError as error:
+            return self._failed(error)
         return event
 
-    def send_reply(
-        self,
-        session: int,
-        status: int,
-        body: Payload,
-        compression: int = Compression.NONE,
-        flags: int = 0,
-        prefix: bytes = b"",
-    ) -> int:
-        """Queue the reply to ``session``; returns the body's size on the wire.
-        ``prefix`` (payload headers) sets ``FLAG_PAYLOAD_HEADERS``."""
-        if prefix:
-            flags |= FLAG_PAYLOAD_HEADERS
-        return self._queue(session, status, body, compression, flags, prefix)
+    send_reply = _Connection._send
+    """``send_reply(session, status, body, compression=0, flags=0, prefix=b"")``: queue
+    the reply to ``session``; returns the body's size on the wire."""
 
 
 class ClientProtocol(_Connection):
@@ -372,35 +377,36 @@ class ClientProtocol(_Connection):
         """A session for ``call`` (0 when all are in use or the connection is not open)."""
         if self.state is not State.OPEN:
             return 0
-        return self.sessions.try_allocate(call)
+        sessions = self.sessions
+        session = sessions._next
+        pending = sessions.pending
+        if session in pending:
+            return sessions.try_allocate(call)
+        # try_allocate's usual case (the next id is free), inline: once per call.
+        sessions._next = session + 1 if session < sessions.capacity else 1
+        pending[session] = call
+        return session
 
     def end_call(self, session: int, call: Any) -> bool:
         """Free ``session`` if ``call`` still holds it (a call that gave up)."""
         return self.sessions.release(session, call)
 
-    def send_request(
-        self,
-        session: int,
-        wire_id: int,
-        body: Payload,
-        compression: int = Compression.NONE,
-        flags: int = 0,
-        prefix: bytes = b"",
-    ) -> int:
-        """Queue a request on ``session`` (from ``start_call``); returns its size on the
-        wire. ``prefix`` (payload headers) sets ``FLAG_PAYLOAD_HEADERS``."""
-        if prefix:
-            flags |= FLAG_PAYLOAD_HEADERS
-        return self._queue(session, wire_id, body, compression, flags, prefix)
+    send_request = _Connection._send
+    """``send_request(session, wire_id, body, compression=0, flags=0, prefix=b"")``:
+    queue a request on ``session`` (from ``start_call``); returns its size on the wire."""
 
     def next_event(self) -> ClientEvent | None:
         """The next response, its session freed and ``call`` set; None until more bytes
         arrive (and always after a protocol error or ``close``)."""
-        event = self._next()
-        if event is not None and type(event) is not ProtocolError:
-            event.call = self.sessions.pending.pop(event.session, None)
-        result: ClientEvent | None = event
-        return result
+        if self.state is not State.OPEN:
+            return None
+        try:
+            event: ClientEvent | None = self._decoder.next_event()  # type: ignore[assignment]
+        except FrameError as error:
+            return self._failed(error)
+        if event is not None:
+            event.call = self.sessions.pending.pop(event.session, None)  # type: ignore[union-attr]
+        return event
 
     def fail_all(self) -> list[Any]:
         """Every call still in flight (their sessions freed): the connection is gone."""

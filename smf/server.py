@@ -274,7 +274,9 @@ class ServerConnection(Connection):
         size = event.body.nbytes
         server.stats.bytes_in += HEADER_SIZE + size
         handler = server.router.handlers.get(event.meta)
-        refusal = self._refusal(event.meta, handler)
+        refusal = None
+        if handler is None or server.closing or len(server.tasks) >= server.max_concurrent_handlers:
+            refusal = self._refusal(event.meta, handler)
         if refusal is not None:
             server.methods.get(event.meta).record(refusal[0], 0, size, 0)
             event.body.release()
@@ -350,7 +352,9 @@ class ServerConnection(Connection):
                 status, result = _outcome(result)
             except (Exception, asyncio.CancelledError) as exc:
                 status, result = self._failure(exc, ctx.wire_id)
-            waited = self._forget_own_task()  # before replying: alone() looks at in_flight
+            # Before replying (alone() looks at in_flight); a call has a task only if
+            # it waited, and then in_flight holds it.
+            waited = bool(self.in_flight) and self._forget_own_task()
             compression = flags = 0
             if filters:
                 out = await self._filter_reply(Message(0, 0, ctx.session, status, result))
@@ -363,7 +367,8 @@ class ServerConnection(Connection):
                 status, perf_counter_ns() - started_ns, size_in, size_out
             )
         finally:
-            waited |= self._forget_own_task()
+            if self.in_flight:
+                waited |= self._forget_own_task()
             self._finish(request.body, cost if waited else 0)
 
     async def _filter_reply(self, message: Message) -> Message | None:

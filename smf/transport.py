@@ -163,6 +163,14 @@ class Connection(asyncio.BufferedProtocol):
                     break
                 self.events_seen += 1
                 self.event_received(event)
+                if (
+                    protocol.idle
+                    and not self._reading_paused
+                    and not (gated and (self.in_flight or self._write_paused))
+                ):
+                    # Nothing buffered, nothing paused, nothing that could hold us back:
+                    # done without asking the protocol again (once per read).
+                    break
             if self._after_pull_hooked:
                 self._after_pull()
         finally:
@@ -238,9 +246,13 @@ class Connection(asyncio.BufferedProtocol):
     def release_after_flush(self, view: memoryview) -> None:
         """Release ``view`` once what is queued now has been handed to the transport
         (at once when nothing is queued)."""
-        self._release.append(view)
-        if self.closed or not self.protocol.bytes_to_send:
-            self._release_views()
+        if self.protocol.bytes_to_send and not self.closed:
+            self._release.append(view)
+            return
+        try:  # noqa: SIM105 - contextlib.suppress costs ~1 us per view here
+            view.release()
+        except BufferError:
+            pass  # the transport still holds it for a pending write (see _release_views)
 
     def _release_views(self) -> None:
         views = self._release

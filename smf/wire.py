@@ -100,21 +100,29 @@ def encode_header(
     needed). ``body`` may be a tuple of parts sent back to back (payload headers, then
     the message): size and checksum cover them all, nothing is joined. The one way
     headers are packed; it refuses what a decoder would refuse."""
-    if type(body) is tuple:
-        size = sum(map(payload_size, body))
+    kind = type(body)
+    if kind is tuple:
+        size = sum(map(payload_size, body))  # type: ignore[arg-type]
         csum = checksum_parts(*body)
     else:
-        size = payload_size(body)  # type: ignore[arg-type]
+        size = body.nbytes if kind is memoryview else len(body)  # type: ignore[union-attr]
         csum = _xxh64(body) & 0xFFFFFFFF  # type: ignore[arg-type]
-    if size == 0:
+    # One test for the usual case; _refuse names the fault.
+    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~_KNOWN_FLAGS:
+        _refuse(size, meta, compression, flags)
+    return HEADER.pack(compression, flags, session, size, csum, meta)
+
+
+def _refuse(size: int, meta: int, compression: int, flags: int) -> NoReturn:
+    if not size:
         raise BadSize(0)
     if size > MAX_BODY_SIZE:
         raise FrameTooLarge(size, MAX_BODY_SIZE)
     if not meta:
         raise BadMeta(meta)
-    if compression & ~3 or flags & ~_KNOWN_FLAGS:
-        raise (BadCompression(compression) if compression & ~3 else BadFlags(flags))
-    return HEADER.pack(compression, flags, session, size, csum, meta)
+    if compression & ~3:
+        raise BadCompression(compression)
+    raise BadFlags(flags)
 
 
 def encode_frame(

@@ -1,12 +1,10 @@
-"""The paths that make a sequential call fast, at their risky spots: eager handler
-start, replies gathered per read (and flushed on close, on the write-side pause, at a
-partial frame), the client's immediate write on an idle connection, the shared
-deadline timer left armed, and bookkeeping when only the outgoing filters wait.
-
-Written in a review of that work; the first eight found bugs it had introduced (lost
-replies on close, leaked handler tasks, late timeouts, a hang on a lost connection,
-unbounded replies per read, a connection killed by one bad reply), all fixed. Real
-sockets on 127.0.0.1, uvloop (conftest).
+"""When replies and requests leave (the coalescing rule in ``smf.transport.Connection``)
+and the deadline timer: replies gathered in a read are sent on close, at a partial
+frame, before a write-side or in-flight pause; outgoing filters that wait leak no task
+and starve nothing; calls on an idle connection leave in issue order; the client's one
+deadline timer is never armed later than the next deadline, takes a lowered default
+timeout into account and never expires a later call; every pipelined request gets one
+answer. Real sockets on 127.0.0.1, uvloop (conftest).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""The plain-call fast path: ``smf.eager.run_eager`` and the server answering handlers
-that finish in their first step inline, with no coroutine around them.
-
-``run_eager`` is tested on its own (both Python versions: 3.11 steps the coroutine
-itself, 3.12+ uses asyncio's eager tasks), then through a real server on 127.0.0.1:
-handlers of every shape (plain function, non-coroutine awaitable, synchronous error),
-the byte budget (charged only while a handler waits), connections freed without the
-garbage collector, the idle sweep and the client's deadline queue.
+"""Eager start (``smf.eager.run_eager``, stepped by hand on 3.11, asyncio's eager
+tasks on 3.12+) and handlers of every shape through a real server on 127.0.0.1: plain
+functions, non-coroutine awaitables, synchronous errors, results that cannot be sent;
+the byte budget charged only while a handler waits; connections freed without the
+garbage collector; the idle sweep; and the client's deadlines staying bounded.
 """
 
 from __future__ import annotations
