@@ -80,13 +80,7 @@ class MethodStats:
         statuses[status] = statuses.get(status, 0) + 1
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
-        # LatencyRecorder.record, inline: once per call on each side.
-        us = latency_ns // 1000
-        shift = us.bit_length() - 8
-        if shift > 0:
-            us = (us >> shift) << shift
-        pending = self.latency_us._pending
-        pending[us] = pending.get(us, 0) + 1
+        self.latency_us.record(latency_ns // 1000)
 
     @property
     def calls(self) -> int:

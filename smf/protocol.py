@@ -253,26 +253,20 @@ class _Connection:
         self.error = error
         return ProtocolError(error)
 
-    # The properties below read the decoder's fields directly: it is this connection's
-    # own, and each is asked once per read or reply.
-
     @property
     def more_buffered(self) -> bool:
         """Another frame's header has arrived: ``next_event`` is not done yet."""
-        decoder = self._decoder  # (its own decoder: read directly, once per reply)
-        return decoder._end - decoder._start >= HEADER_SIZE
+        return self._decoder.header_buffered
 
     @property
     def idle(self) -> bool:
         """No partial frame buffered or being skipped."""
-        decoder = self._decoder
-        return decoder._start == decoder._end and not decoder._skip
+        return self._decoder.idle
 
     @property
     def mid_frame(self) -> bool:
         """Part of a frame has arrived but not all of it (for stall timeouts)."""
-        decoder = self._decoder
-        return decoder._start != decoder._end or decoder._skip > 0
+        return self._decoder.mid_frame
 
     @property
     def buffered(self) -> int:
@@ -282,7 +276,7 @@ class _Connection:
     @property
     def allocated(self) -> int:
         """Bytes of the receive buffer held now."""
-        return len(self._decoder._buf)
+        return self._decoder.allocated
 
     @property
     def buffers_allocated(self) -> int:
