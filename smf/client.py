@@ -17,7 +17,12 @@ from typing import Any, Final
 
 from . import headers, protocol
 from . import tracing as _tracing
-from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
+from .context import (
+    TIMEOUT_HEADER,
+    TRACEPARENT_HEADER,
+    CallContext,
+    current_call,
+)
 from .errors import (
     ConnectionLost,
     DeadlineExceeded,

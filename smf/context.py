@@ -15,6 +15,12 @@ clocks need not agree across hosts; as gRPC's ``grpc-timeout``)."""
 
 TRACEPARENT_HEADER = "traceparent"
 
+ACCEPT_COMPRESSION_HEADER = "smf-accept-compression"
+"""Payload header of a request: the compressions (``zstd``, ``lz4``, comma-separated) the
+caller accepts in its reply, beside the request's own compression (itself an offer of
+that one). A server compresses a reply only with an offered compression; a caller that
+offers nothing gets plain replies."""
+
 
 class PeerIdentity:
     """Who the peer's verified TLS certificate says it is."""

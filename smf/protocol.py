@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from . import headers
-from .context import TIMEOUT_HEADER
+from .context import ACCEPT_COMPRESSION_HEADER, TIMEOUT_HEADER
 from .errors import BadRequest, FrameError, Unsupported
+from .filters.compression import decompress
 from .wire import (
     FLAG_PAYLOAD_HEADERS,
     HEADER_SIZE,
@@ -140,16 +141,35 @@ def encode_metadata(metadata: Mapping[str, str]) -> bytes:
 
 
 def open_payload(
-    compression: int, flags: int, body: memoryview
+    compression: int, flags: int, body: memoryview, max_size: int | None = None
 ) -> tuple[Mapping[str, str], memoryview]:
-    """(payload headers, message) of a received body. A body still compressed (no
-    filter took it) raises ``Unsupported``; bad payload headers raise ``BadRequest``."""
+    """(payload headers, message) of a received body. A zstd or lz4 body is decompressed
+    (up to ``max_size`` bytes) when ``max_size`` is given, else raises ``Unsupported``;
+    bad payload headers raise ``BadRequest``."""
     if compression > _DISABLED:
-        name = Compression(compression).name.lower()
-        raise Unsupported(f"no filter for {name} compression")
+        if max_size is None:
+            name = Compression(compression).name.lower()
+            raise Unsupported(f"no filter for {name} compression")
+        body = memoryview(decompress(compression, body, max_size))
     if flags & FLAG_PAYLOAD_HEADERS:
         return headers.split(body)
     return {}, body
+
+
+def offered(compression: int, metadata: Mapping[str, str]) -> frozenset[int]:
+    """The compressions a request offers for its reply: its own (zstd or lz4) and those
+    named in its ``smf-accept-compression`` header (unknown names are ignored)."""
+    accept = {compression} if compression > _DISABLED else set()
+    names = metadata.get(ACCEPT_COMPRESSION_HEADER)
+    if names:
+        for name in names.split(","):
+            algorithm = _BY_NAME.get(name.strip().lower())
+            if algorithm is not None:
+                accept.add(algorithm)
+    return frozenset(accept)
+
+
+_BY_NAME: Final = {"zstd": int(Compression.ZSTD), "lz4": int(Compression.LZ4)}
 
 
 def parse_timeout(metadata: Mapping[str, str]) -> float | None:

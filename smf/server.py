@@ -26,6 +26,7 @@ from .protocol import (
     ProtocolError,
     RequestReceived,
     ServerProtocol,
+    offered,
     open_payload,
     parse_timeout,
 )
@@ -340,7 +341,9 @@ class ServerConnection(Connection):
                     compression, flags = filtered.compression, filtered.flags
                     body = memoryview(filtered.body)  # a new view of the same bytes
                 if compression > _DISABLED or flags:
-                    ctx.metadata, body = open_payload(compression, flags, body)
+                    ctx.metadata, body = open_payload(
+                        compression, flags, body, self.server.max_body_size
+                    )
                     timeout = parse_timeout(ctx.metadata)
                     if timeout is not None:
                         ctx.deadline = time.monotonic() + timeout
@@ -357,7 +360,9 @@ class ServerConnection(Connection):
             waited = bool(self.in_flight) and self._forget_own_task()
             compression = flags = 0
             if filters:
-                out = await self._filter_reply(Message(0, 0, ctx.session, status, result))
+                accept = offered(request.compression, ctx.metadata)
+                reply = Message(0, 0, ctx.session, status, result, accept)
+                out = await self._filter_reply(reply)
                 waited |= self._forget_own_task()  # the outgoing filters may have waited
                 if out is None:
                     return  # dropped by a filter
@@ -498,6 +503,10 @@ class Server:
     - ``idle_timeout`` (10 min): a connection with no bytes and no calls is closed;
       ``None`` keeps idle connections forever.
     - ``handshake_timeout`` (10 s): TLS handshakes that take longer are dropped.
+
+    zstd and lz4 requests are decompressed without any filter (up to ``max_body_size``);
+    replies are compressed only by a ``CompressionFilter`` and only with a compression
+    the caller offered (``smf.context.ACCEPT_COMPRESSION_HEADER``).
     """
 
     def __init__(
