@@ -306,10 +306,14 @@ class ClientConnection(Connection):
 class Client:
     """An smf RPC client over one connection (TCP or Unix socket).
 
-    ``timeout`` is every call's default (seconds; ``None`` waits forever). With
-    ``reconnect`` set (``True`` or a ``Backoff``), a lost connection is re-established
-    in the background with exponential backoff and jitter; calls issued meanwhile wait
-    for it within their own timeout. Without it, they fail with ``ConnectionLost``.
+    ``timeout`` is every call's default (seconds; ``None`` waits forever).
+
+    ``reconnect`` (default ``True``, or a ``Backoff``): a lost connection (a server that
+    closed an idle one, restarted, or dropped it) is re-established in the background
+    with exponential backoff and jitter, and calls issued meanwhile wait for it within
+    their own timeout, as gRPC channels do. Calls in flight when it was lost fail with
+    ``ConnectionLost`` (they may or may not have run). ``reconnect=False``: every call
+    after a loss fails with ``ConnectionLost``.
     """
 
     def __init__(
@@ -320,7 +324,7 @@ class Client:
         unix_path: str | None = None,
         timeout: float | None = 10.0,
         connect_timeout: float = 5.0,
-        reconnect: bool | Backoff = False,
+        reconnect: bool | Backoff = True,
         max_body_size: int = 64 * 1024 * 1024,
         max_sessions: int = MAX_SESSION,
         body_timeout: float | None = 30.0,
