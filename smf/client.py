@@ -487,16 +487,36 @@ class Client:
             return self._traced_call(wire_id, payload, timeout, metadata)
         return self._call(wire_id, payload, timeout, metadata)
 
+    async def call_with_metadata(
+        self,
+        wire_id: int,
+        payload: Payload,
+        *,
+        timeout: float | Default | None = DEFAULT,
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[memoryview, dict[str, str]]:
+        """As ``call``, and also the reply's metadata (what the handler set with
+        ``ctx.set_trailing_metadata``; empty when none). The request always carries
+        payload headers (an empty set without ``metadata``): a server sends reply
+        metadata only to a caller that sends payload headers itself."""
+        trailers: dict[str, str] = {}
+        if _tracing.active():
+            body = await self._traced_call(wire_id, payload, timeout, metadata, trailers)
+        else:
+            body = await self._call(wire_id, payload, timeout, metadata, trailers)
+        return body, trailers
+
     async def _traced_call(
         self,
         wire_id: int,
         payload: Payload,
         timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None = None,
     ) -> memoryview:
         carrier = dict(metadata) if metadata else {}
         with _tracing.client_span(self.methods.get_or_add(wire_id).name, carrier):
-            return await self._call(wire_id, payload, timeout, carrier)
+            return await self._call(wire_id, payload, timeout, carrier, trailers)
 
     async def _call(
         self,
@@ -504,15 +524,16 @@ class Client:
         payload: Payload,
         timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None = None,
     ) -> memoryview:
         """The one call path: connection -> session -> outgoing filters -> request ->
-        response -> incoming filters, all of it under the call's one deadline."""
-        explicit = not isinstance(timeout, Default)
-        t = self.timeout if isinstance(timeout, Default) else timeout
+        response -> incoming filters, all of it under the call's one deadline.
+        ``trailers``: filled with the reply's metadata (and payload headers are sent)."""
         parent = current_call.get()
-        prefix = b""
-        if parent is not None or metadata or (explicit and t is not None):
-            t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
+        if parent is None and not metadata and trailers is None and isinstance(timeout, Default):
+            t, prefix = self.timeout, b""  # the usual call: no payload headers
+        else:
+            t, prefix = self._request_headers(parent, timeout, metadata, trailers)
         started = perf_counter_ns()
         conn = self._conn
         sent = False
@@ -542,7 +563,9 @@ class Client:
             event: ResponseReceived = await future
             status, body = event.meta, event.body
             if event.compression > _DISABLED or event.flags or self.filters:
-                status, body = await self._open_response(conn, event)
+                status, reply_metadata, body = await self._open_response(conn, event)
+                if trailers is not None:
+                    trailers.update(reply_metadata)
         except asyncio.CancelledError:
             if entry is None or not entry[3]:
                 raise  # cancelled by someone else
@@ -561,11 +584,33 @@ class Client:
         )
         if status == 200:
             return body
+        raise self._failed(status, body)
+
+    def _request_headers(
+        self,
+        parent: CallContext | None,
+        timeout: float | Default | None,
+        metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None,
+    ) -> tuple[float | None, bytes]:
+        """(timeout, payload headers) of a call with metadata, an explicit timeout, a
+        parent call or reply metadata wanted."""
+        explicit = not isinstance(timeout, Default)
+        t = self.timeout if isinstance(timeout, Default) else timeout
+        prefix = b""
+        if parent is not None or metadata or (explicit and t is not None) or trailers is not None:
+            t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
+            if not prefix and trailers is not None:
+                prefix = headers.encode({})  # so the server may answer with metadata
+        return t, prefix
+
+    def _failed(self, status: int, body: memoryview) -> RpcError:
+        """The error a non-200 reply raises (its body is the message)."""
         message = bytes(body).decode("utf-8", "replace")
         body.release()
         if status == 408:
             self.stats.timeouts += 1  # the server's deadline passed first
-        raise RpcError.from_status(status, message)
+        return RpcError.from_status(status, message)
 
     async def _start_call(
         self, conn: ClientConnection | None, future: _CallResult | None
@@ -622,9 +667,9 @@ class Client:
 
     async def _open_response(
         self, conn: ClientConnection, event: ResponseReceived
-    ) -> tuple[int, memoryview]:
-        """Status and message of a response: through the incoming filters, then its
-        compression checked and its payload headers stripped."""
+    ) -> tuple[int, Mapping[str, str], memoryview]:
+        """Status, metadata and message of a response: through the incoming filters,
+        then its compression checked and its payload headers split off."""
         message: Message | None = Message(
             event.compression, event.flags, event.session, event.meta, event.body
         )
@@ -636,8 +681,8 @@ class Client:
         if message.compression > _DISABLED:
             name = Compression(message.compression).name.lower()
             raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
-        _, body = open_payload(0, message.flags, memoryview(message.body))
-        return message.meta, body
+        reply_metadata, body = open_payload(0, message.flags, memoryview(message.body))
+        return message.meta, reply_metadata, body
 
     # ------------------------------------------------------------------ closing
 

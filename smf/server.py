@@ -26,13 +26,14 @@ from .protocol import (
     ProtocolError,
     RequestReceived,
     ServerProtocol,
+    encode_metadata,
     offered,
     open_payload,
     parse_timeout,
 )
 from .router import Handler, Service, ServiceRouter
 from .transport import GATHER_LIMIT, Connection
-from .wire import HEADER_SIZE, Compression, Payload, Status
+from .wire import FLAG_PAYLOAD_HEADERS, HEADER_SIZE, Compression, Payload, Status
 
 __all__ = ["GATHER_LIMIT", "REQUEST_OVERHEAD", "ByteBudget", "Server", "ServerStats"]
 
@@ -359,15 +360,17 @@ class ServerConnection(Connection):
             # it waited, and then in_flight holds it.
             waited = bool(self.in_flight) and self._forget_own_task()
             compression = flags = 0
+            # The handler's trailing metadata, if the caller reads payload headers.
+            prefix = b""
+            if ctx.trailing_metadata and request.flags & FLAG_PAYLOAD_HEADERS:
+                prefix = encode_metadata(ctx.trailing_metadata)
             if filters:
-                accept = offered(request.compression, ctx.metadata)
-                reply = Message(0, 0, ctx.session, status, result, accept)
-                out = await self._filter_reply(reply)
+                out = await self._filter_reply(ctx, request.compression, status, result, prefix)
                 waited |= self._forget_own_task()  # the outgoing filters may have waited
                 if out is None:
                     return  # dropped by a filter
-                status, result, compression, flags = out.meta, out.body, out.compression, out.flags
-            size_out = self.reply(ctx.session, status, result, compression, flags)
+                status, result, compression, flags, prefix = *out, b""
+            size_out = self.reply(ctx.session, status, result, compression, flags, prefix)
             self.server.methods.get(ctx.wire_id).record(
                 status, perf_counter_ns() - started_ns, size_in, size_out
             )
@@ -376,16 +379,27 @@ class ServerConnection(Connection):
                 waited |= self._forget_own_task()
             self._finish(request.body, cost if waited else 0)
 
-    async def _filter_reply(self, message: Message) -> Message | None:
-        """The reply through the outgoing filters (None: a filter dropped it)."""
+    async def _filter_reply(
+        self, ctx: CallContext, compression_in: int, status: int, result: Payload, prefix: bytes
+    ) -> tuple[int, Payload, int, int] | None:
+        """(status, body, compression, flags) of the reply after the outgoing filters,
+        which see it as it will be sent (payload headers in its body) and what the
+        caller offered (``Message.accept``); None if one dropped it."""
+        flags = FLAG_PAYLOAD_HEADERS if prefix else 0
+        body: Payload = prefix + bytes(result) if prefix else result
+        accept = offered(compression_in, ctx.metadata)
+        message: Message | None = Message(0, flags, ctx.session, status, body, accept)
         try:
-            return await run_chain(self.server.filters, False, message, self)
+            message = await run_chain(self.server.filters, False, message, self)  # type: ignore[arg-type]
         except RpcError as exc:
-            return Message(0, 0, message.session, exc.status, _error_body(exc.status, exc.message))
+            message = Message(0, 0, ctx.session, exc.status, _error_body(exc.status, exc.message))
         except Exception as exc:
             log.exception("outgoing filter raised")
             status = Status.INTERNAL_ERROR
-            return Message(0, 0, message.session, status, _error_body(status, repr(exc)))
+            message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
+        if message is None:
+            return None
+        return message.meta, message.body, message.compression, message.flags
 
     def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
         """The status and body that answer ``exc`` (the one place errors become
@@ -450,11 +464,12 @@ class ServerConnection(Connection):
         body: Payload | str,
         compression: int = 0,
         flags: int = 0,
+        prefix: bytes = b"",
     ) -> int:
-        """Queue the answer to ``session`` (a ``str`` body is an error message) and
-        write it by the transport's rule; returns the body's size."""
+        """Queue the answer to ``session`` (a ``str`` body is an error message; ``prefix``
+        payload headers) and write it by the transport's rule; returns its size."""
         payload = _error_body(status, body) if isinstance(body, str) else body
-        size = self.protocol.send_reply(session, status, payload, compression, flags)
+        size = self.protocol.send_reply(session, status, payload, compression, flags, prefix)
         if size:
             self.queued()
         stats = self.server.stats
