@@ -201,6 +201,9 @@ class Channel:
         options = dict(self.client_options)
         if options.get("ssl") is not None:
             options.setdefault("server_hostname", name)  # the name, not the resolved IP
+        # The channel reconnects its backends itself (with health checks and backoff):
+        # a backend's own client must fail fast so the pick moves on.
+        options.setdefault("reconnect", False)
         client = Client(
             host,
             port,
