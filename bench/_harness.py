@@ -350,14 +350,18 @@ def summarize(
 # ============================================================================ processes
 
 
-def spawn(script: str | Path, args: list[str]) -> subprocess.Popen[str]:
-    """``script`` (a benchmark file) in a fresh interpreter, with pipes on all three."""
+def spawn(
+    script: str | Path, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``script`` (a benchmark file) in a fresh interpreter, with pipes on all three
+    (``env``: extra environment variables)."""
     return subprocess.Popen(
         [sys.executable, os.path.abspath(script), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -55,6 +55,10 @@ from typing import Any
 
 # Run as a script, only bench/ is on sys.path: make ``bench._harness`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# A/B runs (--baseline DIR): the baseline's processes import smf (and its bench
+# harness) from DIR, an older checkout of this repository.
+if os.environ.get("SMF_BENCH_RUNTIME"):
+    sys.path.insert(0, os.environ["SMF_BENCH_RUNTIME"])
 
 from bench._harness import (
     WIRE_ID,
@@ -79,6 +83,8 @@ from bench._harness import (
 )
 
 SYSTEMS = ("raw", "smf")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latency.jsonl"
 MODES = ("sequential", "window")
 
 # (name, mode, metric, comparison, limit): smf/raw ratio targets from the issue.
@@ -119,22 +125,29 @@ async def drive(call: Call, opts: dict[str, int]) -> dict[str, Any]:
 
 
 def run_one(
-    system: str, opts: dict[str, int], timeout: float, pin: tuple[int, int] | None = None
+    system: str,
+    opts: dict[str, int],
+    timeout: float,
+    pin: tuple[int, int] | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """One server process and one client process for ``system``; the client's summary
-    plus the placement seen while each phase ran."""
-    server_args = ["--role", "server", "--system", system]
+    plus the placement seen while each phase ran. ``base`` is smf imported from the
+    ``baseline`` checkout."""
+    env = {"SMF_BENCH_RUNTIME": baseline} if system == "base" and baseline else None
+    runs_as = "smf" if system == "base" else system
+    server_args = ["--role", "server", "--system", runs_as]
     if pin is not None:
         server_args += ["--cpu", str(pin[0])]
-    server = spawn(__file__, server_args)
+    server = spawn(__file__, server_args, env)
     try:
         port = read_port(server, timeout)
-        client_args = ["--role", "client", "--system", system, "--port", str(port)]
+        client_args = ["--role", "client", "--system", runs_as, "--port", str(port)]
         for key, value in opts.items():
             client_args += [f"--{key.replace('_', '-')}", str(value)]
         if pin is not None:
             client_args += ["--cpu", str(pin[1])]
-        client = spawn(__file__, client_args)
+        client = spawn(__file__, client_args, env)
         sampler = PlacementSampler(server.pid, client.pid)
         sampler.start()
         try:
@@ -172,11 +185,13 @@ def median_of(runs: list[dict[str, Any]], mode: str) -> dict[str, float]:
     return out
 
 
-def paired_ratio(runs: dict[str, list[dict[str, Any]]], mode: str, key: str) -> float:
-    """The median over repeats of smf/raw within each repeat (raw and smf ran back to
+def paired_ratio(
+    runs: dict[str, list[dict[str, Any]]], mode: str, key: str, ref: str = "raw"
+) -> float:
+    """The median over repeats of smf/ref within each repeat (ref and smf ran back to
     back in it, in alternating order)."""
     return _median(
-        [s[mode][key] / r[mode][key] for s, r in zip(runs["smf"], runs["raw"], strict=True)]
+        [s[mode][key] / r[mode][key] for s, r in zip(runs["smf"], runs[ref], strict=True)]
     )
 
 
@@ -186,7 +201,9 @@ def _placement(share: float | None) -> str:
     return "same-cpu" if share >= 0.5 else "split"
 
 
-def by_placement(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def by_placement(
+    runs: dict[str, list[dict[str, Any]]], systems: tuple[str, ...] = SYSTEMS
+) -> dict[str, Any]:
     """Per mode and placement class: each system's medians (and run count), and ratios
     where both systems had runs in that class."""
     out: dict[str, Any] = {}
@@ -194,13 +211,13 @@ def by_placement(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         classes: dict[str, Any] = {}
         for cls in ("same-cpu", "split"):
             entry: dict[str, Any] = {}
-            for system in SYSTEMS:
+            for system in systems:
                 chosen = [r for r in runs[system] if _placement(r[mode]["same_cpu_share"]) == cls]
                 if chosen:
                     entry[system] = {"runs": len(chosen), **median_of(chosen, mode)}
-            if "raw" in entry and "smf" in entry:
+            if systems[0] in entry and "smf" in entry:
                 entry["ratio"] = {
-                    k: entry["smf"][k] / entry["raw"][k]
+                    k: entry["smf"][k] / entry[systems[0]][k]
                     for k in ("p50_us", "p99_us", "p999_us", "calls_per_s")
                 }
             if entry:
@@ -234,13 +251,17 @@ def benchmark(
     timeout: float,
     pin: tuple[int, int] | None = None,
     log: Callable[[str], None] | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+    """``baseline``: compare smf with the smf of that checkout (A/B) instead of raw."""
+    systems = ("base", "smf") if baseline else SYSTEMS
+    ref = systems[0]
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     for r in range(repeats):
-        order = SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]
+        order = systems if r % 2 == 0 else systems[::-1]
         for system in order:
             t0 = time.monotonic()
-            res = run_one(system, opts, timeout, pin)
+            res = run_one(system, opts, timeout, pin, baseline)
             runs[system].append(res)
             if log is not None:
                 s, w = res["sequential"], res["window"]
@@ -252,12 +273,14 @@ def benchmark(
                     f"{w['calls_per_s']:.0f}/s [{share_text(w['same_cpu_share'])}] "
                     f"({time.monotonic() - t0:.1f} s)"
                 )
-    median = {s: {m: median_of(runs[s], m) for m in MODES} for s in SYSTEMS}
+    median = {s: {m: median_of(runs[s], m) for m in MODES} for s in systems}
     keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "calls_per_s")
-    ratio = {m: {k: median["smf"][m][k] / median["raw"][m][k] for k in keys} for m in MODES}
-    paired = {m: {k: paired_ratio(runs, m, k) for k in keys} for m in MODES}
+    ratio = {m: {k: median["smf"][m][k] / median[ref][m][k] for k in keys} for m in MODES}
+    paired = {m: {k: paired_ratio(runs, m, k, ref) for k in keys} for m in MODES}
     return {
         "benchmark": "bench/latency.py",
+        "systems": list(systems),
+        "baseline": baseline,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "smf": smf_version(),
@@ -266,8 +289,8 @@ def benchmark(
         "median": median,
         "ratio": ratio,
         "paired_ratio": paired,
-        "targets": evaluate(paired),
-        "by_placement": by_placement(runs),
+        "targets": [] if baseline else evaluate(paired),
+        "by_placement": by_placement(runs, systems),
         "runs": runs,
     }
 
@@ -289,14 +312,16 @@ def format_table(result: dict[str, Any]) -> str:
         "sequential": f"sequential ({o['calls']} calls)",
         "window": f"window {o['window']} ({o['window_calls']})",
     }
+    systems = result["systems"]
+    ref = systems[0]
     for mode in MODES:
-        for system in SYSTEMS:
+        for system in systems:
             m = result["median"][system][mode]
             lines.append(
                 f"{labels[mode]:<24} {system:<8} {m['p50_us']:>9.1f} {m['p99_us']:>9.1f} "
                 f"{m['p999_us']:>9.1f} {m['calls_per_s']:>10.0f}"
             )
-        for label, key in (("smf/raw", "ratio"), ("paired", "paired_ratio")):
+        for label, key in ((f"smf/{ref}", "ratio"), ("paired", "paired_ratio")):
             r = result[key][mode]
             lines.append(
                 f"{'':<24} {label:<8} {r['p50_us']:>8.2f}x {r['p99_us']:>8.2f}x "
@@ -304,10 +329,11 @@ def format_table(result: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "smf/raw: ratio of the medians; paired: median over repeats of each repeat's smf/raw",
-        "",
-        "targets (paired ratios):",
+        f"smf/{ref}: ratio of the medians; paired: median over repeats of each repeat's "
+        f"smf/{ref}" + (f" (base: smf from {result['baseline']})" if result["baseline"] else ""),
     ]
+    if result["targets"]:
+        lines += ["", "targets (paired ratios):"]
     for t in result["targets"]:
         lines.append(
             f"  {t['target']:<24} {t['ratio']:5.2f}x  (target {t['op']} {t['limit']:.2f}x)  "
@@ -322,7 +348,7 @@ def format_table(result: dict[str, Any]) -> str:
         for mode in MODES:
             for cls, entry in result["by_placement"][mode].items():
                 parts = []
-                for system in SYSTEMS:
+                for system in systems:
                     if system in entry:
                         e = entry[system]
                         parts.append(
@@ -334,13 +360,22 @@ def format_table(result: dict[str, Any]) -> str:
                 if "ratio" in entry:
                     r = entry["ratio"]
                     parts.append(
-                        f"smf/raw p50 {r['p50_us']:.2f}x p99 {r['p99_us']:.2f}x "
+                        f"smf/{ref} p50 {r['p50_us']:.2f}x p99 {r['p99_us']:.2f}x "
                         f"calls/s {r['calls_per_s']:.2f}x"
                     )
                 lines.append(f"  {mode:<10} {cls:<8}  " + " | ".join(parts))
         if not any(result["by_placement"][m] for m in MODES):
             lines.append("  (no samples: every phase ended within the 100 ms sampling interval)")
     return "\n".join(lines)
+
+
+def record(result: dict[str, Any], path: Path = RESULTS) -> None:
+    """Append the run's summary (everything but the per-run samples) as one JSON line:
+    the benchmark's history (bench/README.md keeps only the method and one table)."""
+    summary = {k: v for k, v in result.items() if k != "runs"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(summary, sort_keys=True) + "\n")
 
 
 # ============================================================================ CLI
@@ -380,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per process (300)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="A/B: compare with smf imported from DIR (an older checkout) instead of raw",
+    )
+    p.add_argument(
+        "--no-record",
+        action="store_true",
+        help=f"do not append the result's summary to {RESULTS.relative_to(ROOT)}",
+    )
     # Internal: the server and client child processes.
     p.add_argument("--role", choices=("server", "client"), help=argparse.SUPPRESS)
     p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -412,8 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    result = benchmark(opts, a.repeats, a.timeout, a.pin, None if a.quiet else log)
+    baseline = os.path.abspath(a.baseline) if a.baseline else None
+    result = benchmark(opts, a.repeats, a.timeout, a.pin, None if a.quiet else log, baseline)
     print(json.dumps(result, indent=2) if a.json else format_table(result))
+    if not a.no_record:
+        record(result)
     return 0  # a missed target is reported, never an error
 
 

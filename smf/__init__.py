@@ -25,12 +25,17 @@ from .verify import VerificationError, Verifier
 from .wire import Compression, FrameDecoder, Status
 
 if TYPE_CHECKING:
-    from .channel import Caller, Channel, RetryPolicy
+    from .channel import Channel, RetryPolicy
+    from .stubs import Caller
 
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: the channel imports flatbuffers (and with it numpy, ~15 MiB).
-    if name in ("Caller", "Channel", "RetryPolicy"):
+    if name == "Caller":
+        from .stubs import Caller
+
+        return Caller
+    if name in ("Channel", "RetryPolicy"):
         from . import channel
 
         return getattr(channel, name)

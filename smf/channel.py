@@ -40,7 +40,7 @@ import socket
 from collections.abc import Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from smf_rpc.health.HealthCheckRequest import HealthCheckRequestT
 from smf_rpc.health.HealthCheckResponse import HealthCheckResponse
@@ -50,26 +50,11 @@ from .errors import ConnectionLost, DeadlineExceeded, NotFound, RpcError, Unimpl
 from .health import CHECK_WIRE_ID, ServingStatus
 from .metrics import MethodTable
 from .router import Payload
+from .stubs import Caller
 
 log = logging.getLogger("smf.channel")
 
 __all__ = ["BackendState", "Caller", "Channel", "RetryPolicy"]
-
-
-class Caller(Protocol):
-    """What generated client stubs call: ``smf.Client`` and ``smf.Channel`` both are."""
-
-    @property
-    def methods(self) -> MethodTable: ...
-
-    def call(
-        self,
-        wire_id: int,
-        payload: Payload,
-        *,
-        timeout: float | Default | None = DEFAULT,
-        metadata: Mapping[str, str] | None = None,
-    ) -> Coroutine[Any, Any, memoryview]: ...
 
 
 @dataclass(frozen=True)
@@ -216,6 +201,9 @@ class Channel:
         options = dict(self.client_options)
         if options.get("ssl") is not None:
             options.setdefault("server_hostname", name)  # the name, not the resolved IP
+        # The channel reconnects its backends itself (with health checks and backoff):
+        # a backend's own client must fail fast so the pick moves on.
+        options.setdefault("reconnect", False)
         client = Client(
             host,
             port,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -14,15 +15,17 @@ from time import perf_counter_ns
 from types import TracebackType
 from typing import Any, Final
 
-import xxhash
-
-from . import headers
+from . import headers, protocol
 from . import tracing as _tracing
-from .context import TIMEOUT_HEADER, TRACEPARENT_HEADER, CallContext, current_call
+from .context import (
+    TIMEOUT_HEADER,
+    TRACEPARENT_HEADER,
+    CallContext,
+    current_call,
+)
 from .errors import (
     ConnectionLost,
     DeadlineExceeded,
-    FrameError,
     PayloadTooLarge,
     RpcError,
     Unsupported,
@@ -31,19 +34,15 @@ from .errors import (
 from .filters.base import Filter, Message, run_chain
 from .metrics import MethodTable
 from .peer import PeerHeaders, check_mode
-from .router import Payload, payload_size
-from .transport import JOIN_LIMIT, FramedConnection
-from .wire import (
-    FLAG_PAYLOAD_HEADERS,
-    HEADER,
-    MAX_SESSION,
-    Compression,
-    Event,
-    Frame,
-    FrameDecoder,
-    checksum,
-    checksum_parts,
+from .protocol import (
+    ClientProtocol,
+    OversizedResponse,
+    ProtocolError,
+    ResponseReceived,
+    open_payload,
 )
+from .transport import Connection
+from .wire import FLAG_PAYLOAD_HEADERS, MAX_SESSION, Compression, Payload
 
 log = logging.getLogger("smf.client")
 
@@ -58,39 +57,18 @@ class Default:
 DEFAULT: Final = Default()
 """Sentinel: use the client's default timeout."""
 
-_CallResult = asyncio.Future[Frame]
-_xxh64: Final = xxhash.xxh64_intdigest
-_MASK32: Final = 0xFFFFFFFF
+_CallResult = asyncio.Future[ResponseReceived]
 _DISABLED: Final = int(Compression.DISABLED)
 
 
-class SessionTable:
-    """Session id → pending call. Ids run 1..65535 round-robin, so an id freed by a
-    cancelled or timed-out call is reused as late as possible; an id still in flight is
-    never handed out, and ``acquire`` waits when all 65535 are in use."""
+class SessionTable(protocol.SessionTable):
+    """The protocol's session table (``smf.protocol.SessionTable``: ids 1..65535
+    round-robin, an id in flight never handed out) plus waiting: ``allocate`` waits
+    when all are in use, and each ``release`` wakes one waiter."""
 
     def __init__(self, capacity: int = MAX_SESSION) -> None:
-        if not 1 <= capacity <= MAX_SESSION:
-            raise ValueError(f"capacity must be within 1..{MAX_SESSION}")
-        self.capacity = capacity
-        self.pending: dict[int, _CallResult] = {}
-        self._next = 1
+        super().__init__(capacity)
         self._waiters: list[asyncio.Future[None]] = []
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    def try_allocate(self, future: _CallResult) -> int:
-        """A free session bound to ``future``, or 0 when all are in use."""
-        pending = self.pending
-        if len(pending) >= self.capacity:
-            return 0
-        session = self._next
-        while session in pending:
-            session = session + 1 if session < self.capacity else 1
-        self._next = session + 1 if session < self.capacity else 1
-        pending[session] = future
-        return session
 
     async def allocate(self, future: _CallResult) -> int:
         session = self.try_allocate(future)
@@ -109,14 +87,11 @@ class SessionTable:
             session = self.try_allocate(future)
         return session
 
-    def pop(self, session: int) -> _CallResult | None:
-        return self.pending.pop(session, None)
-
-    def release(self, session: int, future: _CallResult) -> None:
-        """Free ``session`` if it still belongs to ``future``."""
-        if self.pending.get(session) is future:
-            del self.pending[session]
+    def release(self, session: int, call: Any) -> bool:
+        """Free ``session`` if it still belongs to ``call``, and wake one waiter."""
+        freed = super().release(session, call)
         self._wake_one()
+        return freed
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -128,9 +103,7 @@ class SessionTable:
     def fail_all(self, exc: BaseException) -> None:
         """Fail every pending call and wake every waiter (they will find the
         connection closed)."""
-        pending = self.pending
-        self.pending = {}
-        for future in pending.values():
+        for future in self.take_all():
             if not future.done():
                 future.set_exception(exc)
         waiters, self._waiters = self._waiters, []
@@ -143,7 +116,7 @@ class SessionTable:
 class ClientStats:
     calls: int = 0
     late_replies: int = 0  # answers to calls that timed out or were cancelled
-    timeouts: int = 0
+    timeouts: int = 0  # calls that ended in DeadlineExceeded (ours or the server's 408)
     reconnects: int = 0
     connection_losses: int = 0
 
@@ -177,101 +150,119 @@ class _DelayIterator:
         return d * (1.0 - self._b.jitter * self._rng())
 
 
-class DeadlineQueue:
-    """Timeouts of calls that use the client's default timeout.
+class Deadlines:
+    """Every call's deadline, one timer for all (the client's one deadline mechanism).
 
-    Their deadlines arrive in issue order, so one deque and one timer serve them all:
-    ``call_later`` per call costs a libuv timer each on uvloop (measured 6-11 µs per
-    call with its cancel). Each entry is ``[deadline, future, timeout]``; a call that
-    returns sets its entry's future to None, so the queue never keeps a reply alive.
-    Spent entries are dropped from the head when the next call is queued (after its
-    write, off the round trip) or when the timer fires; a call stuck at the head
-    cannot pin more than ``compact_at`` spent ones. The timer stays armed when the
-    queue empties (sequential calls would otherwise start and cancel one per call):
-    firing on an empty queue costs a wakeup.
+    A call registers its task and timeout (``add``); when the deadline passes first,
+    the task is cancelled and the entry marked expired (``entry[3]``), and the call
+    turns that cancel into ``DeadlineExceeded``, as ``asyncio.timeout`` does, wherever
+    it was waiting (for a connection, a session, filters or the reply). A call that
+    ends sets its entry's task to None (``entry[2]``). Entries sit in a heap by
+    deadline: spent ones are dropped from its top when the next call is added (calls
+    with the default timeout end roughly in order, so the heap holds about the calls in
+    flight) or when the timer fires, and the heap is rebuilt without them past
+    ``compact_at``. A timer per call (``call_later``) costs a libuv timer and its cancel
+    on every call; this re-arms only when a deadline earlier than the armed one comes.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, compact_at: int = 4096) -> None:
         self._loop = loop
-        self._queue: collections.deque[list[Any]] = collections.deque()
+        self._heap: list[list[Any]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # when the timer fires (read per call: no when() call)
         self._compact_at = compact_at
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._heap)
 
-    def add(self, future: _CallResult, timeout: float) -> list[Any] | None:
-        """Queue ``future``'s deadline and return its entry; None
-        (nothing queued) if it falls before the last one queued (the default timeout
-        was lowered): the caller then times it alone."""
-        queue = self._queue
-        while queue and _spent(queue[0]):
-            queue.popleft()
-        deadline = self._loop.time() + timeout
-        if queue and deadline < queue[-1][0]:
-            return None
-        entry = [deadline, future, timeout]
-        queue.append(entry)
+    @property
+    def next_deadline(self) -> float | None:
+        """When the timer fires next (loop time), None when none is armed."""
+        return self._armed_at if self._timer is not None else None
+
+    @property
+    def earliest(self) -> float | None:
+        """The earliest deadline of a call still running (loop time), None if none."""
+        return min((e[0] for e in self._heap if e[2] is not None), default=None)
+
+    def add(self, task: Any, timeout: float) -> list[Any]:
+        """Cancel ``task`` in ``timeout`` seconds unless its entry is spent first."""
+        heap = self._heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+        when = self._loop.time() + timeout
+        entry = [when, next(self._seq), task, False]
+        heapq.heappush(heap, entry)
         timer = self._timer
-        if timer is None or timer.when() > deadline:
-            # None armed, or the one left armed when the queue emptied is later.
+        if timer is None or self._armed_at > when:
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._fire)
-        elif len(queue) > self._compact_at:
-            self._queue = collections.deque(e for e in queue if not _spent(e))
-            self._compact_at = max(self._compact_at, 2 * len(self._queue))
+            self._timer = self._loop.call_at(when, self._fire)
+            self._armed_at = when
+        elif len(heap) > self._compact_at:
+            self._heap = [e for e in heap if e[2] is not None]
+            heapq.heapify(self._heap)
+            self._compact_at = max(self._compact_at, 2 * len(self._heap))
         return entry
 
     def _fire(self) -> None:
         self._timer = None
         now = self._loop.time()
-        queue = self._queue
-        while queue:
-            deadline, future, timeout = queue[0]
-            if future is not None and not future.done():
-                if deadline > now:
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            task = entry[2]
+            if task is not None:
+                if entry[0] > now:
                     break
-                _expire(future, timeout)
-            queue.popleft()
-        if queue:
-            self._timer = self._loop.call_at(queue[0][0], self._fire)
+                entry[2] = None
+                entry[3] = True
+                task.cancel()
+            heapq.heappop(heap)
+        if heap:
+            self._armed_at = heap[0][0]
+            self._timer = self._loop.call_at(self._armed_at, self._fire)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._queue.clear()
+        self._heap.clear()
 
 
-def _spent(entry: list[Any]) -> bool:
-    future = entry[1]
-    return future is None or bool(future.done())
+class ClientConnection(Connection):
+    protocol: ClientProtocol
 
-
-class ClientConnection(FramedConnection):
     def __init__(self, client: Client) -> None:
+        self.sessions = SessionTable(client.max_sessions)
         super().__init__(
-            FrameDecoder(client.max_body_size, buffer_size=client.buffer_size),
+            ClientProtocol(client.max_body_size, client.buffer_size, self.sessions),
             client.body_timeout,
         )
         self.client = client
-        self.sessions = SessionTable(client.max_sessions)
-        self.deadlines = DeadlineQueue(self.loop)
+        self.deadlines = client._deadlines()  # the client's, shared across reconnects
         self.lost: asyncio.Future[None] = self.loop.create_future()
         # Does the server read payload headers? (smf/peer.py)
         self.peer_headers = PeerHeaders(client.payload_headers)
 
-    def event_received(self, event: Event) -> None:
-        if self.peer_headers.reads is None and isinstance(event, Frame):
-            self.peer_headers.learn(event.compression)  # "auto": learned from the first reply
-        future = self.sessions.pending.pop(event.session, None)
+    def alone(self) -> bool:
+        # The only call in flight: nothing else would join its write this iteration.
+        return len(self.sessions.pending) <= 1
+
+    def event_received(self, event: ResponseReceived | OversizedResponse) -> None:
+        if self.peer_headers.reads is None and type(event) is ResponseReceived:
+            self.peer_headers.learn(event.compression)  # "auto": from the first reply
+        future = event.call  # its session is free again
+        # Unlinked at once: the future will hold the event, and a cycle would keep the
+        # body's receive buffer alive until the garbage collector found it.
+        event.call = None
         if future is None or future.done():
             self.client.stats.late_replies += 1
-            if isinstance(event, Frame):
+            if type(event) is ResponseReceived:
                 event.body.release()
             return
-        if isinstance(event, Frame):
+        if type(event) is ResponseReceived:
             future.set_result(event)
         else:
             future.set_exception(
@@ -281,9 +272,9 @@ class ClientConnection(FramedConnection):
                 )
             )
 
-    def frame_error(self, error: FrameError) -> None:
-        log.warning("closing connection to %s: %s", self.peer, error)
-        self._fail(ConnectionLost(f"server {self.peer} sent a bad frame: {error}"))
+    def protocol_error(self, event: ProtocolError) -> None:
+        log.warning("closing connection to %s: %s", self.peer, event.error)
+        self._fail(ConnectionLost(f"server {self.peer} sent a bad frame: {event.error}"))
         self.abort()
 
     def stalled(self) -> None:
@@ -314,18 +305,22 @@ class ClientConnection(FramedConnection):
 
     def _fail(self, exc: ConnectionLost) -> None:
         self.closed = True
+        self.protocol.close()
         self.sessions.fail_all(exc)
-        self.deadlines.close()
         self.peer_headers.close()
 
 
 class Client:
     """An smf RPC client over one connection (TCP or Unix socket).
 
-    ``timeout`` is every call's default (seconds; ``None`` waits forever). With
-    ``reconnect`` set (``True`` or a ``Backoff``), a lost connection is re-established
-    in the background with exponential backoff and jitter; calls issued meanwhile wait
-    for it within their own timeout. Without it, they fail with ``ConnectionLost``.
+    ``timeout`` is every call's default (seconds; ``None`` waits forever).
+
+    ``reconnect`` (default ``True``, or a ``Backoff``): a lost connection (a server that
+    closed an idle one, restarted, or dropped it) is re-established in the background
+    with exponential backoff and jitter, and calls issued meanwhile wait for it within
+    their own timeout, as gRPC channels do. Calls in flight when it was lost fail with
+    ``ConnectionLost`` (they may or may not have run). ``reconnect=False``: every call
+    after a loss fails with ``ConnectionLost``.
 
     ``payload_headers`` (``"auto"``, ``"always"`` or ``"never"``): whether calls carry
     their metadata and deadline to the server in payload headers, which real smf
@@ -341,7 +336,7 @@ class Client:
         unix_path: str | None = None,
         timeout: float | None = 10.0,
         connect_timeout: float = 5.0,
-        reconnect: bool | Backoff = False,
+        reconnect: bool | Backoff = True,
         max_body_size: int = 64 * 1024 * 1024,
         max_sessions: int = MAX_SESSION,
         body_timeout: float | None = 30.0,
@@ -376,6 +371,7 @@ class Client:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_loss = ""
+        self._deadline_timer: Deadlines | None = None
 
     @property
     def address(self) -> str:
@@ -461,7 +457,9 @@ class Client:
         finally:
             self._reconnect_task = None
 
-    async def _ready_connection(self, timeout: float | None) -> ClientConnection:
+    async def _ready_connection(self) -> ClientConnection:
+        """The open connection, after connecting (first use) or waiting for the
+        reconnect in progress (within the call's deadline)."""
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -472,13 +470,7 @@ class Client:
         elif self._reconnect_task is None:
             raise ConnectionLost(f"not connected to {self.address}{self._last_loss}")
         else:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._connected.wait()
-            except TimeoutError:
-                raise ConnectionLost(
-                    f"not connected to {self.address} (reconnecting) within {timeout}s"
-                ) from None
+            await self._connected.wait()
         assert self._conn is not None
         return self._conn
 
@@ -509,16 +501,36 @@ class Client:
             return self._traced_call(wire_id, payload, timeout, metadata)
         return self._call(wire_id, payload, timeout, metadata)
 
+    async def call_with_metadata(
+        self,
+        wire_id: int,
+        payload: Payload,
+        *,
+        timeout: float | Default | None = DEFAULT,
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[memoryview, dict[str, str]]:
+        """As ``call``, and also the reply's metadata (what the handler set with
+        ``ctx.set_trailing_metadata``; empty when none). The request always carries
+        payload headers (an empty set without ``metadata``): a server sends reply
+        metadata only to a caller that sends payload headers itself."""
+        trailers: dict[str, str] = {}
+        if _tracing.active():
+            body = await self._traced_call(wire_id, payload, timeout, metadata, trailers)
+        else:
+            body = await self._call(wire_id, payload, timeout, metadata, trailers)
+        return body, trailers
+
     async def _traced_call(
         self,
         wire_id: int,
         payload: Payload,
         timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None = None,
     ) -> memoryview:
         carrier = dict(metadata) if metadata else {}
         with _tracing.client_span(self.methods.get_or_add(wire_id).name, carrier):
-            return await self._call(wire_id, payload, timeout, carrier)
+            return await self._call(wire_id, payload, timeout, carrier, trailers)
 
     async def _call(
         self,
@@ -526,117 +538,133 @@ class Client:
         payload: Payload,
         timeout: float | Default | None,
         metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None = None,
     ) -> memoryview:
-        if isinstance(timeout, Default):
-            explicit = False
-            t = self.timeout
-        else:
-            explicit = True
-            t = timeout
+        """The one call path: connection -> session -> outgoing filters -> request ->
+        response -> incoming filters, all of it under the call's one deadline.
+        ``trailers``: filled with the reply's metadata (and payload headers are sent)."""
         parent = current_call.get()
-        prefix = b""
-        if parent is not None or metadata or (explicit and t is not None):
-            t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
+        if parent is None and not metadata and trailers is None and isinstance(timeout, Default):
+            t, prefix = self.timeout, b""  # the usual call: no payload headers
+        else:
+            t, prefix = self._request_headers(parent, timeout, metadata, trailers)
         started = perf_counter_ns()
         conn = self._conn
-        if conn is None or conn.closed:
-            conn = await self._ready_connection(t)
-        if prefix and not conn.peer_headers.reads:  # only to a server that reads them
-            prefix = await conn.peer_headers.admit(self, prefix, t)
-        loop = conn.loop
-        future: _CallResult = loop.create_future()
-        sessions = conn.sessions
-        pending = sessions.pending
-        session = sessions._next
-        if session in pending or len(pending) >= sessions.capacity:
-            session = sessions.try_allocate(future)
-        else:  # the next id is free: try_allocate's first step, inline
-            pending[session] = future
-            sessions._next = session + 1 if session < sessions.capacity else 1
-        session_free = session != 0
-        if not session:
-            session = await self._wait_for_session(sessions, future, t)
-        if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
-            sessions.release(session, future)
-            raise ConnectionLost(f"connection to {self.address} lost{self._last_loss}")
-        timer = None
-        entry = None  # the call's place in the shared deadline queue
-        shared_timeout: float | None = None
-        if t is not None:
-            if session_free and not explicit and t == self.timeout:
-                shared_timeout = t  # the common case: one shared timer, armed below
-            else:
-                # What is left once the connection and a session were had.
-                t = max(t - (perf_counter_ns() - started) / 1e9, 0.0)
-                timer = loop.call_later(t, _expire, future, t)
-        # Inlined (payload_size, checksum, SessionTable.release, ...): this runs for
-        # every call, between one reply's arrival and the next request's write.
-        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        sent = False
+        entry = sessions = future = None
+        session = 0
         try:
-            if self.filters:
-                status, body = await self._exchange_filtered(
-                    conn, session, wire_id, prefix, payload, future, t
-                )
+            if conn is not None and not conn.closed:  # the usual case: no wait to send
+                sessions = conn.sessions
+                future = conn.loop.create_future()
+                session = conn.protocol.start_call(future)
+            if not session:  # connect, reconnect or wait for a session, within t
+                if t is not None:
+                    entry = self._deadlines().add(asyncio.current_task(), t)
+                conn, sessions, future, session = await self._start_call(conn, future)
+            assert conn is not None and future is not None
+            if prefix and not conn.peer_headers.reads:  # only to a server that reads them
+                prefix = await conn.peer_headers.admit(self, prefix, t)
+            sent = True  # (or being sent: outgoing filters count as the exchange)
+            if self.filters:  # they may be slow: the deadline covers them
+                if entry is None and t is not None:
+                    entry = conn.deadlines.add(asyncio.current_task(), t)
+                await self._send_filtered(conn, session, wire_id, prefix, payload)
             else:
-                if prefix:
-                    conn.send_parts(
-                        HEADER.pack(
-                            0,
-                            FLAG_PAYLOAD_HEADERS,
-                            session,
-                            len(prefix) + size,
-                            checksum_parts(prefix, payload),
-                            wire_id,
-                        ),
-                        (prefix, payload),
-                    )
-                else:
-                    header = HEADER.pack(0, 0, session, size, _xxh64(payload) & _MASK32, wire_id)
-                    if len(pending) == 1 and not conn._out:
-                        # The only call in flight, nothing queued: there is nothing to
-                        # batch it with, so it leaves now rather than one loop iteration
-                        # later (an extra epoll_wait and callback, ~4 µs a call). Calls
-                        # that join it in this iteration are queued and leave together.
-                        # The connection is open (checked above). The server's reply()
-                        # writes its one reply of a read the same way.
-                        if size <= JOIN_LIMIT:  # one buffer: see JOIN_LIMIT
-                            conn.transport.write(header + payload)  # type: ignore[union-attr]
-                        else:
-                            conn.transport.writelines((header, payload))  # type: ignore[union-attr]
-                    else:
-                        conn.send(header, payload)
-                # The shared deadline is queued after the write, off the round trip.
-                if shared_timeout is not None:
-                    entry = conn.deadlines.add(future, shared_timeout)
-                    if entry is None:
-                        timer = loop.call_later(shared_timeout, _expire, future, shared_timeout)
-                self.stats.calls += 1
-                frame = await future
-                status, body = frame.meta, frame.body
-                if frame.compression > _DISABLED or frame.flags:
-                    status, body = _unwrap(
-                        Message(frame.compression, frame.flags, frame.session, status, body)
-                    )
-        except DeadlineExceeded:
+                conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
+                conn.queued()
+            if entry is None and t is not None:  # after the write: off the round trip
+                entry = conn.deadlines.add(asyncio.current_task(), t)
+            self.stats.calls += 1
+            event: ResponseReceived = await future
+            status, body = event.meta, event.body
+            if event.compression > _DISABLED or event.flags or self.filters:
+                status, reply_metadata, body = await self._open_response(conn, event)
+                if trailers is not None:
+                    trailers.update(reply_metadata)
+        except asyncio.CancelledError:
+            if entry is None or not entry[3]:
+                raise  # cancelled by someone else
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             self.stats.timeouts += 1
-            raise
+            raise self._expired(sent, t) from None
         finally:
-            if timer is not None:
-                timer.cancel()
             if entry is not None:
-                entry[1] = None  # the queue keeps no reference to this call's reply
-            # A reply already freed its session (event_received); the shared deadline
-            # queue drops spent entries when the next call is queued (off the round trip).
-            if sessions._waiters or sessions.pending.get(session) is future:
-                sessions.release(session, future)
+                entry[2] = None  # spent: the deadline no longer applies
+            # A reply already freed its session (the protocol pops it).
+            if session and (sessions._waiters or sessions.pending.get(session) is future):  # type: ignore[union-attr]
+                sessions.release(session, future)  # type: ignore[union-attr]
+        size = payload.nbytes if type(payload) is memoryview else len(payload)
         self.methods.get_or_add(wire_id).record(
             status, perf_counter_ns() - started, size, body.nbytes
         )
         if status == 200:
             return body
+        raise self._failed(status, body)
+
+    def _request_headers(
+        self,
+        parent: CallContext | None,
+        timeout: float | Default | None,
+        metadata: Mapping[str, str] | None,
+        trailers: dict[str, str] | None,
+    ) -> tuple[float | None, bytes]:
+        """(timeout, payload headers) of a call with metadata, an explicit timeout, a
+        parent call or reply metadata wanted."""
+        explicit = not isinstance(timeout, Default)
+        t = self.timeout if isinstance(timeout, Default) else timeout
+        prefix = b""
+        if parent is not None or metadata or (explicit and t is not None) or trailers is not None:
+            t, explicit, prefix = _call_headers(parent, metadata, t, explicit)
+            if not prefix and trailers is not None:
+                prefix = headers.encode({})  # so the server may answer with metadata
+        return t, prefix
+
+    def _failed(self, status: int, body: memoryview) -> RpcError:
+        """The error a non-200 reply raises (its body is the message)."""
         message = reply_text(status, body)
         body.release()
-        raise RpcError.from_status(status, message)
+        if status == 408:
+            self.stats.timeouts += 1  # the server's deadline passed first
+        return RpcError.from_status(status, message)
+
+    async def _start_call(
+        self, conn: ClientConnection | None, future: _CallResult | None
+    ) -> tuple[ClientConnection, SessionTable, _CallResult, int]:
+        """A connection and a session for a call that could not have them at once
+        (not connected yet, reconnecting, or every session in flight)."""
+        if conn is None or conn.closed:
+            conn = await self._ready_connection()
+            future = None
+        if future is None:
+            future = conn.loop.create_future()
+        session = conn.protocol.start_call(future)
+        if not session:
+            session = await conn.sessions.allocate(future)
+        if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
+            conn.sessions.release(session, future)
+            raise ConnectionLost(f"connection to {self.address} lost{self._last_loss}")
+        return conn, conn.sessions, future, session
+
+    def _deadlines(self) -> Deadlines:
+        """The client's deadlines (one timer for all its calls, across reconnects)."""
+        deadlines = self._deadline_timer
+        if deadlines is None:
+            deadlines = self._deadline_timer = Deadlines(asyncio.get_running_loop())
+        return deadlines
+
+    def _expired(self, sent: bool, timeout: float | None) -> Exception:
+        """What a call whose deadline passed raises: by whether its request was sent,
+        else by what it was waiting for (a connection, or a free session)."""
+        if sent:
+            return DeadlineExceeded(f"no response within {timeout}s (client timeout)")
+        conn = self._conn
+        if conn is None or conn.closed:
+            return ConnectionLost(
+                f"not connected to {self.address} (reconnecting) within {timeout}s"
+            )
+        capacity = conn.sessions.capacity
+        return DeadlineExceeded(f"no free session within {timeout}s: {capacity} calls in flight")
 
     async def _send_filtered(
         self, conn: ClientConnection, session: int, wire_id: int, prefix: bytes, payload: Payload
@@ -648,63 +676,36 @@ class Client:
         )
         if message is None:
             return  # dropped by a filter: the call ends by its timeout
-        conn.send(
-            HEADER.pack(
-                message.compression,
-                message.flags,
-                session,
-                payload_size(message.body),
-                checksum(message.body),
-                message.meta,
-            ),
-            message.body,
+        conn.protocol.send_request(
+            session, message.meta, message.body, message.compression, message.flags
         )
+        conn.queued()
 
-    async def _wait_for_session(
-        self, sessions: SessionTable, future: _CallResult, timeout: float | None
-    ) -> int:
-        try:
-            async with asyncio.timeout(timeout):
-                return await sessions.allocate(future)
-        except TimeoutError:
-            self.stats.timeouts += 1
-            raise DeadlineExceeded(
-                f"no free session within {timeout}s: {sessions.capacity} calls in flight"
-            ) from None
-
-    async def _exchange_filtered(
-        self,
-        conn: ClientConnection,
-        session: int,
-        wire_id: int,
-        prefix: bytes,
-        payload: Payload,
-        future: _CallResult,
-        timeout: float | None,
-    ) -> tuple[int, memoryview]:
-        """Send through the outgoing chain, wait, receive through the incoming chain:
-        all of it within the call's timeout (filters may be slow: compression, faults)."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._send_filtered(conn, session, wire_id, prefix, payload)
-                self.stats.calls += 1
-                frame = await future
-                message = Message(
-                    frame.compression, frame.flags, frame.session, frame.meta, frame.body
-                )
-                filtered = await run_chain(self.filters, True, message, conn)
-        except DeadlineExceeded:
-            raise
-        except TimeoutError:
-            raise DeadlineExceeded(f"no response within {timeout}s (client timeout)") from None
-        if filtered is None:
-            raise ConnectionLost("response dropped by a client filter")
-        return _unwrap(filtered)
+    async def _open_response(
+        self, conn: ClientConnection, event: ResponseReceived
+    ) -> tuple[int, Mapping[str, str], memoryview]:
+        """Status, metadata and message of a response: through the incoming filters,
+        then its compression checked and its payload headers split off."""
+        message: Message | None = Message(
+            event.compression, event.flags, event.session, event.meta, event.body
+        )
+        if self.filters:
+            message = await run_chain(self.filters, True, message, conn)  # type: ignore[arg-type]
+            if message is None:
+                raise ConnectionLost("response dropped by a client filter")
+        assert message is not None
+        if message.compression > _DISABLED:
+            name = Compression(message.compression).name.lower()
+            raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
+        reply_metadata, body = open_payload(0, message.flags, memoryview(message.body))
+        return message.meta, reply_metadata, body
 
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
         self._closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.close()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -750,19 +751,3 @@ def _call_headers(
             raise DeadlineExceeded("deadline already passed before the call was sent")
         fields[TIMEOUT_HEADER] = str(int(timeout * 1e6))
     return timeout, explicit, headers.encode(fields) if fields else b""
-
-
-def _unwrap(message: Message) -> tuple[int, memoryview]:
-    """Status and message body of a response, payload headers stripped."""
-    if message.compression > Compression.DISABLED:
-        name = Compression(message.compression).name.lower()
-        raise Unsupported(f"response is {name}-compressed and this client has no filter for it")
-    body = memoryview(message.body)
-    if message.flags & FLAG_PAYLOAD_HEADERS:
-        _, body = headers.split(body)
-    return message.meta, body
-
-
-def _expire(future: _CallResult, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"no response within {timeout}s (client timeout)"))

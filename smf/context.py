@@ -15,6 +15,12 @@ clocks need not agree across hosts; as gRPC's ``grpc-timeout``)."""
 
 TRACEPARENT_HEADER = "traceparent"
 
+ACCEPT_COMPRESSION_HEADER = "smf-accept-compression"
+"""Payload header of a request: the compressions (``zstd``, ``lz4``, comma-separated) the
+caller accepts in its reply, beside the request's own compression (itself an offer of
+that one). A server compresses a reply only with an offered compression; a caller that
+offers nothing gets plain replies."""
+
 
 class PeerIdentity:
     """Who the peer's verified TLS certificate says it is."""
@@ -61,12 +67,21 @@ class CallContext:
     """Per-call facts handed to every handler.
 
     ``deadline`` is an absolute ``time.monotonic()`` value, or ``None`` when the caller
-    set no deadline. ``metadata`` holds the caller's payload headers (empty when none).
+    set no deadline. ``metadata`` holds the caller's payload headers (empty when none);
+    ``set_trailing_metadata`` sets the reply's.
     ``peer_identity`` is the verified client certificate's identity on a mutual-TLS
     connection, ``None`` otherwise.
     """
 
-    __slots__ = ("deadline", "metadata", "peer", "peer_identity", "session", "wire_id")
+    __slots__ = (
+        "deadline",
+        "metadata",
+        "peer",
+        "peer_identity",
+        "session",
+        "trailing_metadata",
+        "wire_id",
+    )
 
     def __init__(
         self,
@@ -83,6 +98,13 @@ class CallContext:
         self.session = session
         self.deadline = deadline
         self.metadata = metadata
+        self.trailing_metadata: Mapping[str, str] = _EMPTY
+
+    def set_trailing_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Metadata for the reply (``Client.call_with_metadata`` returns it). It travels
+        as the reply's payload headers, sent only when the request carried payload
+        headers itself (a peer that sent none may not read them)."""
+        self.trailing_metadata = dict(metadata)
 
     def time_remaining(self) -> float | None:
         """Seconds left before the deadline (negative once passed), ``None`` without one."""

@@ -39,12 +39,12 @@ import logging
 import zlib
 from typing import TYPE_CHECKING, Final, Literal, cast
 
-from .wire import HEADER, HEADER_SIZE, Compression, checksum
+from .wire import HEADER, HEADER_SIZE, Compression, encode_header
 
 if TYPE_CHECKING:
     from .client import Client
+    from .protocol import RequestReceived
     from .server import ServerConnection
-    from .wire import Frame
 
 log = logging.getLogger("smf.peer")
 
@@ -78,19 +78,19 @@ def check_mode(mode: str) -> Mode:
 
 def probe_frame() -> bytes:
     body = PROBE_BODY
-    return HEADER.pack(0, 0, PROBE_SESSION, len(body), checksum(body), PROBE_WIRE_ID) + body
+    return encode_header(PROBE_SESSION, PROBE_WIRE_ID, body) + body
 
 
-def answer_probe(conn: ServerConnection, frame: Frame) -> None:
+def answer_probe(conn: ServerConnection, request: RequestReceived) -> None:
     """The server's answer to a probe: a marked 404, as to any unknown method, but not
     counted as a call (it is protocol, not traffic: the server's stats and metrics
     stay those of its callers)."""
     stats = conn.server.stats
     stats.requests -= 1  # counted on arrival, before the server knew what it was
-    stats.bytes_in -= HEADER_SIZE + frame.body.nbytes
-    frame.body.release()
-    body = PROBE_ANSWER
-    conn.send(HEADER.pack(REPLY_MARK, 0, frame.session, len(body), checksum(body), 404), body)
+    request.body.release()
+    # send_reply marks it (compression byte REPLY_MARK), as every uncompressed reply.
+    if conn.protocol.send_reply(request.session, 404, PROBE_ANSWER):
+        conn.queued()
 
 
 class PeerHeaders:

@@ -6,15 +6,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
 from .context import CallContext
+from .wire import Payload, payload_size
 
-Payload = bytes | bytearray | memoryview
-"""A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
-
-
-def payload_size(body: Payload) -> int:
-    """Bytes in ``body`` (``len`` of a memoryview counts items, not bytes)."""
-    return body.nbytes if isinstance(body, memoryview) else len(body)
-
+__all__ = ["Handler", "Payload", "Service", "ServiceRouter", "payload_size"]
 
 Handler = Callable[[CallContext, memoryview], Awaitable[Payload]]
 """``await handler(ctx, request_body) -> response_body``. Raise ``smf.RpcError`` (or a

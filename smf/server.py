@@ -8,47 +8,41 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from time import perf_counter_ns
-from types import CoroutineType, TracebackType
-from typing import Any
+from types import TracebackType
 
-import xxhash
-
-from . import headers
 from . import tracing as _tracing
-from .context import TIMEOUT_HEADER, CallContext, PeerIdentity, current_call
-from .eager import run_eager, start_eager, task_of
-from .errors import BadRequest, DeadlineExceeded, FrameError, RpcError, Unsupported
+from .context import CallContext, PeerIdentity, current_call
+from .eager import start_eager, task_of
+from .errors import DeadlineExceeded, RpcError
 from .filters.base import Filter, Message, run_chain
 from .health import install as install_builtin
 from .metrics import MethodTable
-from .peer import PROBE_WIRE_ID, REPLY_MARK, answer_probe
-from .router import Handler, Payload, Service, ServiceRouter, payload_size
-from .transport import JOIN_LIMIT, FramedConnection
-from .wire import (
-    HEADER,
-    HEADER_SIZE,
-    Compression,
-    Event,
-    Frame,
-    FrameDecoder,
-    Status,
+from .peer import PROBE_WIRE_ID, answer_probe
+from .protocol import (
+    OversizedRequest,
+    ProtocolError,
+    RequestReceived,
+    ServerProtocol,
+    encode_metadata,
+    offered,
+    open_payload,
+    parse_timeout,
 )
+from .router import Handler, Service, ServiceRouter
+from .transport import GATHER_LIMIT, Connection
+from .wire import FLAG_PAYLOAD_HEADERS, HEADER_SIZE, Compression, Payload, Status
+
+__all__ = ["GATHER_LIMIT", "REQUEST_OVERHEAD", "ByteBudget", "Server", "ServerStats"]
 
 log = logging.getLogger("smf.server")
 
 _DISABLED = int(Compression.DISABLED)
-_xxh64 = xxhash.xxh64_intdigest  # checksum(), inline on the reply path
 _MASK32 = 0xFFFFFFFF
-
-# Replies gathered inside one read are written once they reach this many bytes, even
-# before the read's last request is answered: the transport's write-side pause then
-# stops further reading, as it does for replies written one by one.
-GATHER_LIMIT = 64 * 1024
 
 # Bytes charged to the server-wide budget per request beyond its frame: the task,
 # context and future that carry it (measured ~1 KiB with tracemalloc, rounded).
@@ -116,24 +110,44 @@ def _error_body(status: int, message: str) -> bytes:
     return (message or Status(status).name).encode("utf-8", "replace")
 
 
-class ServerConnection(FramedConnection):
+def _outcome(result: object) -> tuple[int, Payload]:
+    """(200, result) for a handler's valid result, (500, why) for an empty one; raises
+    naming what is wrong with any other (answered with 500 and logged)."""
+    if isinstance(result, bytes | bytearray):
+        if result:
+            return Status.OK, result
+    elif isinstance(result, memoryview):
+        # A released view raises ValueError here: reading it would be a use after free.
+        if not result.c_contiguous:
+            raise TypeError("handler returned a non-contiguous memoryview")
+        if result.nbytes:
+            return Status.OK, result
+    else:
+        kind = type(result).__name__
+        raise TypeError(f"handler returned {kind}, not bytes, bytearray or memoryview")
+    return Status.INTERNAL_ERROR, b"handler returned an empty body"
+
+
+class ServerConnection(Connection):
+    """One client's connection: admits requests and sees each call through ``_serve``."""
+
+    protocol: ServerProtocol
+
     def __init__(self, server: Server) -> None:
         super().__init__(
-            FrameDecoder(server.max_body_size, buffer_size=server.buffer_size),
-            server.body_timeout,
+            ServerProtocol(server.max_body_size, server.buffer_size), server.body_timeout
         )
         self.server = server
-        # in_flight (FramedConnection) holds the tasks of this connection's handlers
-        # that waited; the others never had one.
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
-        self._last_of_read = True  # the request being dispatched ends what a read held
         # What every request's context starts from: the context the loop creates the
         # protocol and runs its callbacks in (a copy per request, see event_received).
         self._base_context = copy_context()
         # Idle sweeps: events_seen when a sweep last saw this connection busy, and when.
         self.idle_mark = (0, time.monotonic())
+
+    # ------------------------------------------------------------------ connection life
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -170,6 +184,26 @@ class ServerConnection(FramedConnection):
         for task in self.in_flight:
             task.cancel()
 
+    def protocol_error(self, event: ProtocolError) -> None:
+        self.server.stats.bad_frames += 1
+        hint = ""
+        if event.field == "compression" and event.value == 0x16 and self.events_seen == 0:
+            hint = " (0x16 opens a TLS handshake: the client speaks TLS, this listener does not)"
+        log.warning("closing connection from %s: %s%s", self.peer, event.error, hint)
+        # Answers to the valid requests before the bad frame go first: only what
+        # follows the corruption is not to be trusted.
+        self.flush()
+        self.abort()
+
+    def stalled(self) -> None:
+        self.server.stats.stalled_connections += 1
+        log.warning(
+            "closing connection from %s: frame incomplete after %ss", self.peer, self.body_timeout
+        )
+        self.abort()
+
+    # ------------------------------------------------------------------ backpressure
+
     def can_pull(self) -> bool:
         server = self.server
         if self._write_paused:
@@ -180,7 +214,7 @@ class ServerConnection(FramedConnection):
             server.stats.reads_paused += 1
             return False
         budget = server.budget
-        if budget.used >= budget.limit and self.in_flight:  # budget.exhausted, inline
+        if budget.exhausted and self.in_flight:
             # A connection with nothing in flight may still take one request, so one
             # peer that spent the budget cannot starve the others.
             server.stats.reads_paused += 1
@@ -190,7 +224,7 @@ class ServerConnection(FramedConnection):
 
     def _after_pull(self) -> None:
         if not self.closed and (
-            self._partial_charge or len(self.decoder._buf) > self.server.buffer_size  # .allocated
+            self._partial_charge or self.protocol.allocated > self.server.buffer_size
         ):
             self._charge_partial()
 
@@ -199,7 +233,7 @@ class ServerConnection(FramedConnection):
         trickling a huge frame holds memory before it is a request. Reading pauses once
         the budget is spent, so each connection overshoots by one growth step at most."""
         budget = self.server.budget
-        charge = max(self.decoder.allocated - self.server.buffer_size, 0)
+        charge = max(self.protocol.allocated - self.server.buffer_size, 0)
         delta = charge - self._partial_charge
         if not delta:
             return
@@ -223,349 +257,187 @@ class ServerConnection(FramedConnection):
         if self._reading_paused:
             self.resume_pulling()
 
-    def frame_error(self, error: FrameError) -> None:
-        self.server.stats.bad_frames += 1
-        hint = ""
-        if error.field == "compression" and error.value == 0x16 and self.events_seen == 0:
-            hint = " (0x16 opens a TLS handshake: the client speaks TLS, this listener does not)"
-        log.warning("closing connection from %s: %s%s", self.peer, error, hint)
-        # Answers to the valid requests before the bad frame, gathered in this read,
-        # go first: only what follows the corruption is not to be trusted.
-        self.flush_now()
-        self.abort()
+    # ------------------------------------------------------------------ requests
 
-    def stalled(self) -> None:
-        self.server.stats.stalled_connections += 1
-        log.warning(
-            "closing connection from %s: frame incomplete after %ss", self.peer, self.body_timeout
-        )
-        self.abort()
-
-    def reply(self, session: int, status: int, body: Payload, compression: int = 0) -> int:
-        """Queue the answer to ``session``; returns the body's size."""
-        size = body.nbytes if type(body) is memoryview else len(body)  # payload_size, inline
-        if not self.closed:
-            # Uncompressed replies carry compression byte 1 (REPLY_MARK): "this server
-            # reads payload headers" to our clients, "not compressed" to any smf client.
-            header = HEADER.pack(
-                compression or REPLY_MARK, 0, session, size, _xxh64(body) & _MASK32, status
-            )
-            out = self._out
-            # The reply leaves as early as batching allows; bookkeeping comes after it,
-            # while the peer is already reading.
-            if self._pulling and self._last_of_read and not out:
-                # The one reply of this read (the usual case): straight to the transport.
-                # (With nothing queued, nothing waits for release either: see
-                # release_after_flush.)
-                if size <= JOIN_LIMIT:
-                    self.transport.write(header + body)  # type: ignore[union-attr]
-                else:
-                    self.transport.writelines((header, body))  # type: ignore[union-attr]
-            else:
-                out.append(header)
-                out.append(body)
-                if self._pulling:
-                    # Inside a read: replies gather until the one to its last request,
-                    # or until they are big enough that the transport should see them
-                    # (so a peer that does not read its answers pauses us, and memory
-                    # is bounded).
-                    self._gathered += HEADER_SIZE + size
-                    if self._last_of_read or self._gathered >= GATHER_LIMIT:
-                        self._gathered = 0
-                        self._flush()
-                elif not self.in_flight:
-                    # No other handler of this connection is running, so nothing else
-                    # would join this write in this iteration: send it now.
-                    self._flush()
-                elif self._flush_handle is None:
-                    # Others still run: what they answer in this iteration leaves together.
-                    self._flush_handle = self.loop.call_soon(self._flush)
-        stats = self.server.stats
-        responses = stats.responses
-        responses[status] = responses.get(status, 0) + 1
-        stats.bytes_out += HEADER_SIZE + size
-        return size
-
-    def event_received(self, event: Event) -> None:
+    def event_received(self, event: RequestReceived | OversizedRequest) -> None:
+        """Admit a request and start its call (``_serve``), eagerly: a handler that
+        does not wait is answered before this returns, with no task made."""
         server = self.server
-        stats = server.stats
-        stats.requests += 1
-        if not isinstance(event, Frame):
-            stats.oversized_requests += 1
-            stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
+        server.stats.requests += 1
+        if type(event) is OversizedRequest:
+            server.stats.oversized_requests += 1
+            server.stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
             self.reply(
                 event.session,
                 Status.PAYLOAD_TOO_LARGE,
-                _error_body(
-                    413,
-                    f"request of {event.size} bytes is above the server's maximum of "
-                    f"{server.max_body_size} bytes",
-                ),
+                f"request of {event.size} bytes is above the server's maximum of "
+                f"{server.max_body_size} bytes",
             )
             return
-        frame = event
-        # No further header buffered: this request's reply may leave at once.
-        decoder = self.decoder
-        self._last_of_read = decoder._end - decoder._start < HEADER_SIZE  # .buffered
-        size = frame.body.nbytes
-        stats.bytes_in += HEADER_SIZE + size
-        handler = server.router.handlers.get(frame.meta)
-        if handler is None:
-            if frame.meta == PROBE_WIRE_ID:  # a client asks: do you read payload headers?
-                return answer_probe(self, frame)  # smf/peer.py
-            stats.no_route += 1
-            self._refuse(frame, Status.NOT_FOUND, f"no method with wire id {frame.meta}")
+        assert type(event) is RequestReceived
+        handler = server.router.handlers.get(event.meta)
+        if handler is None and event.meta == PROBE_WIRE_ID:
+            return answer_probe(self, event)  # does this server read payload headers?
+        size = event.body.nbytes
+        server.stats.bytes_in += HEADER_SIZE + size
+        refusal = None
+        if handler is None or server.closing or len(server.tasks) >= server.max_concurrent_handlers:
+            refusal = self._refusal(event.meta, handler)
+        if refusal is not None:
+            server.methods.get(event.meta).record(refusal[0], 0, size, 0)
+            event.body.release()
+            self.reply(event.session, *refusal)
             return
-        if server.closing and frame.meta not in server.always_served:
-            self._refuse(frame, Status.UNAVAILABLE, "server is shutting down")
-            return
-        if len(server.tasks) >= server.max_concurrent_handlers:
-            stats.overloaded += 1
-            self._refuse(
-                frame,
-                Status.UNAVAILABLE,
-                f"server overloaded: {len(server.tasks)} handlers running "
-                "(max_concurrent_handlers)",
-            )
-            return
+        assert handler is not None
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
-        started = perf_counter_ns()
         # A copy of the connection's own context, not of the current one: a request
         # pulled when another handler ends runs inside that handler's task and
         # context, and must not see (or change) its context variables.
-        context = self._base_context.copy()
-        # The handler runs now, inside this read; it gets a task only if it waits.
+        call = self._serve(handler, event, cost, perf_counter_ns())
         try:
-            if frame.flags or frame.compression > _DISABLED or server.filters or _tracing.active():
-                # Payload headers (metadata, a deadline), compression, filters or tracing:
-                # one coroutine (_serve) sees the call through.
-                server.budget.charge(cost)
-                coro = self._serve(handler, frame, cost, started)
-                task = task_of(start_eager(self.loop, coro, context))
-            else:
-                # A plain call, most of them: the handler's own coroutine runs, with no
-                # coroutine around it. If it returns in its first step (the usual case)
-                # it is answered here, inline: everything up to the reply's write is on
-                # the round trip. If it waits or raises, _answer sees it end.
-                ctx = CallContext(self.peer, frame.meta, frame.session, peer_identity=self.identity)
-                context.run(current_call.set, ctx)
-                call: Coroutine[Any, Any, Payload]
-                try:
-                    # In the call's own context: a plain function handler may set
-                    # context variables or start tasks before returning its awaitable.
-                    call = context.run(handler, ctx, frame.body)  # type: ignore[arg-type]
-                    if type(call) is not CoroutineType:
-                        call = _awaiting(call)  # any awaitable will do, as with await
-                except (Exception, asyncio.CancelledError) as exc:
-                    call = _raising(exc)  # answered like an error raised inside the handler
-                done, value = run_eager(
-                    self.loop, call, context, self._answer, frame, size, cost, started
-                )
-                if done:  # returned in its first step, the usual case: answer now
-                    # _outcome's checks and _respond's work, inline: each Python call
-                    # here costs round-trip time (see bench/README.md).
-                    status: int = Status.OK
-                    kind = type(value)
-                    if kind is bytes or kind is bytearray:
-                        ok = bool(value)
-                    elif kind is memoryview:
-                        try:
-                            ok = value.c_contiguous and value.nbytes > 0
-                        except ValueError:  # released: _outcome says so
-                            ok = False
-                    else:
-                        ok = False
-                    if not ok:
-                        status, value = self._outcome(value, frame.meta)
-                    size_out = self.reply(frame.session, status, value)
-                    server.methods.get(frame.meta).record(
-                        status, perf_counter_ns() - started, size, size_out
-                    )
-                    self.release_after_flush(frame.body)
-                    return
-                if value is None:
-                    return  # its first step raised: answered already
-                # It waits: from now on it holds its request, so the budget counts it.
-                server.budget.charge(cost)
-                task = task_of(value)
+            handle = start_eager(self.loop, call, self._base_context.copy())
         except Exception:
-            # Handlers' errors are answered where they are caught; this is a bug in smf.
-            # Answer and carry on: a request's failure must not take down its connection.
-            log.exception("serving wire id %d failed", frame.meta)
-            self.reply(frame.session, Status.INTERNAL_ERROR, b"internal error in smf server")
+            # _serve answers everything it can; this is a bug in smf. Answer and carry
+            # on: a request's failure must not take down its connection.
+            log.exception("serving %s failed", server.methods.get(event.meta).name)
+            self.reply(event.session, Status.INTERNAL_ERROR, "internal error in smf server")
             return
-        if task is not None:
+        task = task_of(handle) if handle is not None else None
+        if task is not None:  # it waits: its task carries it on, holding its request
+            server.budget.charge(cost)
             self.in_flight.add(task)
             server.tasks.add(task)
 
-    def _answer(
-        self,
-        result: object,
-        error: BaseException | None,
-        frame: Frame,
-        size_in: int,
-        cost: int,
-        started_ns: int,
+    def _refusal(self, wire_id: int, handler: Handler | None) -> tuple[int, str] | None:
+        """(status, message) if the server will not serve this request now."""
+        server = self.server
+        if handler is None:
+            server.stats.no_route += 1
+            return Status.NOT_FOUND, f"no method with wire id {wire_id}"
+        if server.closing and wire_id not in server.always_served:
+            return Status.UNAVAILABLE, "server is shutting down"
+        if len(server.tasks) >= server.max_concurrent_handlers:
+            server.stats.overloaded += 1
+            running = len(server.tasks)
+            return Status.UNAVAILABLE, (
+                f"server overloaded: {running} handlers running (max_concurrent_handlers)"
+            )
+        return None
+
+    async def _serve(
+        self, handler: Handler, request: RequestReceived, cost: int, started_ns: int
     ) -> None:
-        """A plain call's handler ended, after waiting or by raising (``run_eager``'s
-        ``then``): answer, record, and let the request go. Its budget was charged only
-        if it waited (it has a task). ``size_in`` was read before the handler ran: it
-        may have released its request."""
+        """One call, in order: incoming filters -> payload headers -> deadline ->
+        handler -> outcome -> outgoing filters -> reply. Every error becomes a status
+        in ``_failure``; every call is answered (unless a filter drops it). The budget
+        holds ``cost`` only while the call has a task (once it waited)."""
+        filters = self.server.filters
+        size_in = request.body.nbytes  # now: the handler may release its request
+        ctx = CallContext(self.peer, request.meta, request.session, peer_identity=self.identity)
+        compression, flags, body = request.compression, request.flags, request.body
         waited = False
         try:
-            waited = bool(self.in_flight) and self._forget_own_task()  # before reply()
-            status, body = self._verdict(result, error, frame.meta)
-            self._respond(frame, status, body, size_in, started_ns)
+            try:
+                if filters:
+                    message = Message(compression, flags, ctx.session, ctx.wire_id, body)
+                    filtered = await run_chain(filters, True, message, self)
+                    if filtered is None:
+                        return  # dropped by a filter: no answer
+                    compression, flags = filtered.compression, filtered.flags
+                    body = memoryview(filtered.body)  # a new view of the same bytes
+                if compression > _DISABLED or flags:
+                    ctx.metadata, body = open_payload(
+                        compression, flags, body, self.server.max_body_size
+                    )
+                    timeout = parse_timeout(ctx.metadata)
+                    if timeout is not None:
+                        ctx.deadline = time.monotonic() + timeout
+                current_call.set(ctx)  # this call's own context: no reset needed
+                if ctx.deadline is None and not _tracing.active():
+                    result = await handler(ctx, body)
+                else:
+                    result = await self._invoke(handler, ctx, body)
+                status, result = _outcome(result)
+            except (Exception, asyncio.CancelledError) as exc:
+                status, result = self._failure(exc, ctx.wire_id)
+            # Before replying (alone() looks at in_flight); a call has a task only if
+            # it waited, and then in_flight holds it.
+            waited = bool(self.in_flight) and self._forget_own_task()
+            compression = flags = 0
+            # The handler's trailing metadata, if the caller reads payload headers.
+            prefix = b""
+            if ctx.trailing_metadata and request.flags & FLAG_PAYLOAD_HEADERS:
+                prefix = encode_metadata(ctx.trailing_metadata)
+            if filters:
+                out = await self._filter_reply(ctx, request.compression, status, result, prefix)
+                waited |= self._forget_own_task()  # the outgoing filters may have waited
+                if out is None:
+                    return  # dropped by a filter
+                status, result, compression, flags, prefix = *out, b""
+            size_out = self.reply(ctx.session, status, result, compression, flags, prefix)
+            self.server.methods.get(ctx.wire_id).record(
+                status, perf_counter_ns() - started_ns, size_in, size_out
+            )
         finally:
-            self._finish(frame.body, cost if waited else 0)
+            if self.in_flight:
+                waited |= self._forget_own_task()
+            self._finish(request.body, cost if waited else 0)
 
-    def _respond(
-        self, frame: Frame, status: int, body: Payload, size_in: int, started_ns: int
-    ) -> None:
-        """Reply to ``frame`` and record the call (calls without outgoing filters; the
-        inline path in event_received does the same, spelled out: it is the hot one)."""
-        size_out = self.reply(frame.session, status, body)
-        self.server.methods.get(frame.meta).record(
-            status, perf_counter_ns() - started_ns, size_in, size_out
-        )
-
-    def _verdict(
-        self, result: object, error: BaseException | None, wire_id: int
-    ) -> tuple[int, Payload]:
-        """The answer to a handler's result or error; a 500 if even that fails (an
-        exception whose ``str()`` raises, say), so that every call is answered."""
+    async def _filter_reply(
+        self, ctx: CallContext, compression_in: int, status: int, result: Payload, prefix: bytes
+    ) -> tuple[int, Payload, int, int] | None:
+        """(status, body, compression, flags) of the reply after the outgoing filters,
+        which see it as it will be sent (payload headers in its body) and what the
+        caller offered (``Message.accept``); None if one dropped it."""
+        flags = FLAG_PAYLOAD_HEADERS if prefix else 0
+        body: Payload = prefix + bytes(result) if prefix else result
+        accept = offered(compression_in, ctx.metadata)
+        message: Message | None = Message(0, flags, ctx.session, status, body, accept)
         try:
-            if error is None:
-                return self._outcome(result, wire_id)
-            return self._failure(error, wire_id)
+            message = await run_chain(self.server.filters, False, message, self)  # type: ignore[arg-type]
+        except RpcError as exc:
+            message = Message(0, 0, ctx.session, exc.status, _error_body(exc.status, exc.message))
+        except Exception as exc:
+            log.exception("outgoing filter raised")
+            status = Status.INTERNAL_ERROR
+            message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
+        if message is None:
+            return None
+        return message.meta, message.body, message.compression, message.flags
+
+    def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
+        """The status and body that answer ``exc`` (the one place errors become
+        statuses); logged unless it is an ``RpcError``, a 501 or a cancel."""
+        try:
+            if isinstance(exc, RpcError) and 0 < exc.status <= _MASK32:
+                return exc.status, _error_body(exc.status, exc.message)
+            if isinstance(exc, NotImplementedError):
+                return Status.NOT_IMPLEMENTED, _error_body(
+                    501, str(exc) or "method not implemented"
+                )
+            if isinstance(exc, asyncio.CancelledError):
+                # Connection gone or grace period over: answer if anyone still listens.
+                return Status.UNAVAILABLE, b"call cancelled: server is shutting down"
+            name = self.server.methods.get(wire_id).name
+            log.error("handler %s raised (wire id %d)", name, wire_id, exc_info=exc)
+            return Status.INTERNAL_ERROR, _error_body(500, f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("answering wire id %d failed", wire_id)
             return Status.INTERNAL_ERROR, b"internal error in smf server"
 
-    def _refuse(self, frame: Frame, status: int, message: str) -> None:
-        self.server.methods.get(frame.meta).record(status, 0, frame.body.nbytes, 0)
-        frame.body.release()
-        self.reply(frame.session, status, _error_body(status, message))
-
-    async def _serve(self, handler: Handler, frame: Frame, cost: int, started_ns: int) -> None:
-        server = self.server
-        status: int = Status.OK
-        body: memoryview = frame.body
-        size_in = body.nbytes  # now: the handler may release its request
-        compression, flags = frame.compression, frame.flags
-        ctx = CallContext(self.peer, frame.meta, frame.session, peer_identity=self.identity)
-        dropped = False
-        try:
-            if server.filters:
-                message = await run_chain(
-                    server.filters,
-                    True,
-                    Message(compression, flags, frame.session, frame.meta, body),
-                    self,
-                )
-                if message is None:
-                    dropped = True
-                    return
-                compression, flags = message.compression, message.flags
-                body = memoryview(message.body)  # a new view of the same bytes: no copy
-            if compression > Compression.DISABLED:
-                name = Compression(compression).name.lower()
-                raise Unsupported(f"no filter for {name} compression")
-            if flags:
-                ctx.metadata, body = headers.split(body)
-                timeout_us = ctx.metadata.get(TIMEOUT_HEADER)
-                if timeout_us is not None:
-                    ctx.deadline = _deadline(timeout_us)
-            current_call.set(ctx)  # this call's own context: no reset needed
-            if ctx.deadline is None and not _tracing.active():
-                result: Payload = await handler(ctx, body)
-            else:
-                result = await self._invoke(handler, ctx, body)
-            status, result = self._outcome(result, ctx.wire_id)
-        except (Exception, asyncio.CancelledError) as exc:
-            status, result = self._failure(exc, ctx.wire_id)
-        finally:
-            self._forget_own_task()  # before replying: reply() looks at in_flight
-            if dropped:
-                self._finish(frame.body, cost)
-        try:
-            if server.filters:
-                await self._respond_filtered(ctx, status, result, size_in, started_ns)
-            else:
-                self._respond(frame, status, result, size_in, started_ns)
-        finally:
-            self._forget_own_task()  # the outgoing filters may have waited: a task now
-            self._finish(frame.body, cost)
-
-    def _outcome(self, result: object, wire_id: int) -> tuple[int, Payload]:
-        """(200, result) for a handler's valid result, else a 500 naming the problem."""
-        if isinstance(result, bytes | bytearray):
-            if result:
-                return Status.OK, result
-        elif isinstance(result, memoryview):
-            try:
-                contiguous, nbytes = result.c_contiguous, result.nbytes
-            except ValueError as exc:  # released: reading it would be a use after free
-                return self._failure(exc, wire_id)
-            if not contiguous:
-                error = TypeError("handler returned a non-contiguous memoryview")
-                return self._failure(error, wire_id)
-            if nbytes:
-                return Status.OK, result
-        else:
-            kind = type(result).__name__
-            error = TypeError(f"handler returned {kind}, not bytes, bytearray or memoryview")
-            return self._failure(error, wire_id)
-        return Status.INTERNAL_ERROR, b"handler returned an empty body"
-
-    def _failure(self, exc: BaseException, wire_id: int) -> tuple[int, bytes]:
-        """The status and body that answer a handler's exception (logged unless it is
-        an ``RpcError``, a 501 or a cancel)."""
-        if isinstance(exc, RpcError) and 0 < exc.status <= _MASK32:
-            return exc.status, _error_body(exc.status, exc.message)
-        if isinstance(exc, NotImplementedError):
-            return Status.NOT_IMPLEMENTED, _error_body(501, str(exc) or "method not implemented")
-        if isinstance(exc, asyncio.CancelledError):
-            # Connection gone or grace period over: answer if anyone still listens.
-            return Status.UNAVAILABLE, _error_body(503, "call cancelled: server is shutting down")
-        log.error("handler for wire id %d raised", wire_id, exc_info=exc)
-        return Status.INTERNAL_ERROR, _error_body(500, f"{type(exc).__name__}: {exc}")
-
     def _forget_own_task(self) -> bool:
-        """Drop the running handler's task from the in-flight sets, if it has one (a
-        handler gets a task only once it waits, so with none in flight there is none).
-        True if it had one."""
+        """Drop the running call's task from the in-flight sets, if it has one (a call
+        gets a task only once it waits, so with none in flight there is none). True if
+        it had one."""
         if not self.in_flight:
             return False
         # With the loop given, current_task() skips get_running_loop()'s getpid().
-        # In _serve's first step on 3.11 that is the EagerTask: its task is the real one.
         task = task_of(asyncio.current_task(self.loop))
         if task not in self.in_flight:
             return False
         self.in_flight.discard(task)
         self.server.tasks.discard(task)
         return True
-
-    async def _respond_filtered(
-        self, ctx: CallContext, status: int, result: Payload, size_in: int, started_ns: int
-    ) -> None:
-        try:
-            message = await run_chain(
-                self.server.filters, False, Message(0, 0, ctx.session, status, result), self
-            )
-        except RpcError as exc:
-            error = _error_body(exc.status, exc.message)
-            message = Message(0, 0, ctx.session, exc.status, error)
-        except Exception as exc:
-            log.exception("outgoing filter raised")
-            status = Status.INTERNAL_ERROR
-            message = Message(0, 0, ctx.session, status, _error_body(status, repr(exc)))
-        if message is None:
-            return  # dropped by a filter
-        self.reply(ctx.session, message.meta, message.body, message.compression)
-        self.server.methods.get(ctx.wire_id).record(
-            message.meta, time.perf_counter_ns() - started_ns, size_in, payload_size(message.body)
-        )
 
     async def _invoke(self, handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
         """The handler under its deadline and/or a tracing span."""
@@ -587,31 +459,32 @@ class ServerConnection(FramedConnection):
         if self._reading_paused:
             self.resume_pulling()
 
+    # ------------------------------------------------------------------ replies
+
+    def reply(
+        self,
+        session: int,
+        status: int,
+        body: Payload | str,
+        compression: int = 0,
+        flags: int = 0,
+        prefix: bytes = b"",
+    ) -> int:
+        """Queue the answer to ``session`` (a ``str`` body is an error message; ``prefix``
+        payload headers) and write it by the transport's rule; returns its size."""
+        payload = _error_body(status, body) if isinstance(body, str) else body
+        size = self.protocol.send_reply(session, status, payload, compression, flags, prefix)
+        if size:
+            self.queued()
+        stats = self.server.stats
+        stats.responses[status] = stats.responses.get(status, 0) + 1
+        stats.bytes_out += HEADER_SIZE + size
+        return size
+
     # FilterSide
     @property
     def is_server(self) -> bool:
         return True
-
-
-async def _awaiting(awaitable: Awaitable[Payload]) -> Payload:
-    return await awaitable
-
-
-async def _raising(error: BaseException) -> Payload:
-    raise error
-
-
-def _deadline(timeout_us: str) -> float:
-    # Strict: an optional "-" (already expired) and 1-18 ASCII digits (~31 years), as a
-    # C++ peer would parse it; int() alone takes "+1", "1_000", full-width digits, or
-    # a 400-digit number.
-    digits = timeout_us[1:] if timeout_us.startswith("-") else timeout_us
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
-        raise BadRequest(
-            f"{TIMEOUT_HEADER} header must be an integer of at most 18 ASCII digits "
-            f"(microseconds), not {timeout_us[:40]!r}"
-        )
-    return time.monotonic() + int(timeout_us) / 1e6
 
 
 async def _run_with_deadline(handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
@@ -649,6 +522,10 @@ class Server:
     - ``idle_timeout`` (10 min): a connection with no bytes and no calls is closed;
       ``None`` keeps idle connections forever.
     - ``handshake_timeout`` (10 s): TLS handshakes that take longer are dropped.
+
+    zstd and lz4 requests are decompressed without any filter (up to ``max_body_size``);
+    replies are compressed only by a ``CompressionFilter`` and only with a compression
+    the caller offered (``smf.context.ACCEPT_COMPRESSION_HEADER``).
 
     ``health`` and ``reflection`` (on by default) serve the built-in services of
     ``smf.health`` (``server.health.set_status(...)``) and ``smf.reflection``.
@@ -809,7 +686,7 @@ class Server:
         now = time.monotonic()
         for conn in list(self.connections):
             seen, since = conn.idle_mark
-            if conn.events_seen != seen or conn.in_flight or conn.decoder.mid_frame:
+            if conn.events_seen != seen or conn.in_flight or conn.protocol.mid_frame:
                 conn.idle_mark = (conn.events_seen, now)  # busy: idle time starts now
                 continue
             if now - since >= self.idle_timeout:

@@ -7,12 +7,14 @@ modules can use generated code without an import cycle); it is re-exported here.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol, cast
 
 from .client import DEFAULT, Client, Default
 from .codec import Buffer, DecodeError, EncodeError
 from .context import CallContext
 from .errors import BadRequest
+from .metrics import MethodTable
 from .router import Handler, Payload
 from .verify import (
     OUT_OF_BOUNDS,
@@ -97,7 +99,23 @@ def encode(value: object, table: type, object_api: Any) -> Payload:
     )
 
 
-def name_methods(client: Client, names: Any) -> None:
+class Caller(Protocol):
+    """What generated client stubs call: ``smf.Client`` and ``smf.Channel`` both are."""
+
+    @property
+    def methods(self) -> MethodTable: ...
+
+    def call(
+        self,
+        wire_id: int,
+        payload: Payload,
+        *,
+        timeout: float | Default | None = DEFAULT,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Coroutine[Any, Any, memoryview]: ...
+
+
+def name_methods(client: Caller, names: Any) -> None:
     """Tell the client the names of a service's wire ids (its metrics and spans say them)."""
     methods = getattr(client, "methods", None)
     if methods is not None:

@@ -47,10 +47,13 @@ def active() -> bool:
 
 @contextlib.contextmanager
 def client_span(name: str, carrier: MutableMapping[str, str]) -> Iterator[None]:
-    """A CLIENT span around an outgoing call; writes its ``traceparent`` to ``carrier``."""
+    """A CLIENT span around an outgoing call; writes its ``traceparent`` to ``carrier``.
+    A ``traceparent`` the caller put in ``carrier`` is the span's parent (else the
+    current span is, or none)."""
     assert _otel_trace is not None
     tracer = _otel_trace.get_tracer("smf")
-    with tracer.start_as_current_span(name, kind=_otel_trace.SpanKind.CLIENT):
+    parent = _propagator.extract(carrier) if "traceparent" in carrier else None
+    with tracer.start_as_current_span(name, context=parent, kind=_otel_trace.SpanKind.CLIENT):
         _propagator.inject(carrier)
         yield
 

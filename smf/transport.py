@@ -1,11 +1,9 @@
-"""The asyncio adapter shared by server and client connections.
+"""The asyncio adapter: one ``BufferedProtocol`` around a sans-IO ``smf.protocol``
+connection, for servers and clients alike. It alone writes to the transport.
 
-A thin ``BufferedProtocol`` around ``FrameDecoder``: the kernel reads straight into
-the decoder's buffer (``get_buffer``/``buffer_updated``), frames are pulled one at a
-time so a subclass can stop pulling (backpressure) without dropping bytes, and
-outgoing frames queued in one event-loop iteration leave in one ``writelines``
-(one ``writev`` on uvloop). Frames queued while a read is processed leave when it
-ends.
+The kernel reads straight into the protocol's receive buffer (``get_buffer`` /
+``buffer_updated``); events are pulled one at a time, so a subclass can stop pulling
+(backpressure) without dropping bytes.
 """
 
 from __future__ import annotations
@@ -13,37 +11,47 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .errors import FrameError
-from .router import Payload
-from .wire import Event, FrameDecoder
+from .protocol import JOIN_LIMIT, ClientProtocol, ProtocolError, ServerProtocol
 
-JOIN_LIMIT = 4096
-"""Frames with a body up to this size are written as one ``bytes`` (header + body, a
-copy of at most this much) rather than as two buffers: uvloop sends a single buffer with
-one ``send``, while two cost a ``writev`` context and a memoryview cast per non-bytes
-buffer. Larger bodies are never copied."""
+__all__ = ["GATHER_LIMIT", "JOIN_LIMIT", "Connection"]
+
+GATHER_LIMIT = 64 * 1024
+"""Bytes queued inside one read that are written at once, before the read's last event
+is handled: the transport's write-side pause then stops further reading, as it does for
+replies written one by one."""
 
 
-class FramedConnection(asyncio.BufferedProtocol):
-    """Base protocol: decoding, write coalescing, stall detection and read pausing.
+class Connection(asyncio.BufferedProtocol):
+    """One connection: reading, writing, stall detection and read pausing.
 
-    Subclasses implement ``event_received`` (one frame or oversized header),
-    ``frame_error`` (the peer broke the protocol) and may override ``can_pull`` to
-    apply backpressure: while it returns False, no further events are pulled and the
-    socket is not read; call ``resume_pulling`` when it may turn True again.
-    ``can_pull`` is asked only while the connection holds back something: a task in
-    ``in_flight`` or paused writing. With neither, it always pulls (so the common case,
-    a read whose requests are all answered inline, costs no call).
+    Subclasses implement ``event_received`` (one request or response, or an oversized
+    one) and ``protocol_error``, and may override ``can_pull`` to apply backpressure:
+    while it returns False, no further events are pulled and the socket is not read;
+    call ``resume_pulling`` when it may turn True again. ``can_pull`` is asked only
+    while ``in_flight`` holds a task or writing is paused (else it always pulls).
+
+    **When bytes leave** (the one coalescing rule, for replies and requests alike):
+    whatever is queued on the protocol is handed to the transport, in one ``write`` or
+    ``writelines`` (one ``writev`` on uvloop), by ``queued()``:
+
+    - inside a read (events being handled), when no further frame's header is buffered
+      (this was the read's last event) or ``GATHER_LIMIT`` bytes are queued; the rest
+      of a read's output leaves when the read ends;
+    - outside a read, at once if ``alone()`` says no other work of this connection runs
+      that could queue more in this loop iteration (the server: no other handler in
+      flight; the client: no other call), else at the end of the iteration.
+
+    Views of received bodies passed to ``release_after_flush`` are released once what
+    was queued with them has been handed to the transport.
     """
 
-    def __init__(self, decoder: FrameDecoder, body_timeout: float | None) -> None:
-        self.decoder = decoder
+    def __init__(self, protocol: ServerProtocol | ClientProtocol, body_timeout: float | None):
+        self.protocol = protocol
         self.body_timeout = body_timeout
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.closed = False
-        self._out: list[Payload] = []
         self._release: list[memoryview] = []
         self._flush_handle: asyncio.Handle | None = None
         self._reading_paused = False
@@ -54,16 +62,11 @@ class FramedConnection(asyncio.BufferedProtocol):
         # handlers); while any is, can_pull is asked before each event.
         self.in_flight: set[asyncio.Task[None]] = set()
         self.events_seen = 0  # frames completed; the stall and idle timers watch it move
-        self._pulling = False  # inside _pull: what is sent leaves when it ends
-        self._gathered = 0  # bytes queued inside the current pull, not yet written
-        # Straight to the decoder: uvloop looks this up once per connection, and the
-        # wrapper cost a Python call per read.
-        self.get_buffer = decoder.get_buffer  # type: ignore[method-assign]
-        # A subclass that never holds back (the client) costs no can_pull call per event.
-        # (A flag, not the bound method: that would make each connection a cycle, freed
-        # only by the garbage collector, receive buffers and all.)
-        self._gated = type(self).can_pull is not FramedConnection.can_pull
-        self._after_pull_hooked = type(self)._after_pull is not FramedConnection._after_pull
+        self._pulling = False  # inside _pull: what is queued leaves by the rule above
+        # Straight to the protocol: uvloop looks this up once per connection.
+        self.get_buffer = protocol.get_buffer  # type: ignore[method-assign]
+        self._gated = type(self).can_pull is not Connection.can_pull
+        self._after_pull_hooked = type(self)._after_pull is not Connection._after_pull
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -80,17 +83,12 @@ class FramedConnection(asyncio.BufferedProtocol):
             self.peer = f"unix:{sock}" if sock else "unix"
 
     def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance, see __init__
-        return self.decoder.get_buffer(sizehint)
+        return self.protocol.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         # No clock read here: idleness is judged by whether frames arrive between two
         # sweeps (``events_seen``), which costs the read path nothing.
-        decoder = self.decoder
-        end = decoder._end + nbytes
-        if decoder._into_scratch or end > len(decoder._buf) or nbytes < 0:
-            decoder.buffer_updated(nbytes)  # skipped bytes, or a misuse it reports
-        else:  # FrameDecoder.buffer_updated's usual case, inline: once per read
-            decoder._end = end
+        self.protocol.buffer_updated(nbytes)
         self._pull()
 
     def eof_received(self) -> bool | None:
@@ -98,39 +96,38 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.protocol.close()
         if self._stall_handle is not None:
             self._stall_handle.cancel()
             self._stall_handle = None
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._out.clear()
+        self.protocol.data_to_send()  # dropped: nobody will read it
         self._release_views()
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self._wake_drainers()
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self._wake_drainers()
 
     # ------------------------------------------------------------------ hooks
 
-    def event_received(self, event: Event) -> None:
+    def event_received(self, event: Any) -> None:
         raise NotImplementedError
 
-    def frame_error(self, error: FrameError) -> None:
+    def protocol_error(self, event: ProtocolError) -> None:
         raise NotImplementedError
 
     def can_pull(self) -> bool:
         return True
+
+    def alone(self) -> bool:
+        """No other work of this connection could queue output in this iteration."""
+        return not self.in_flight
 
     def stalled(self) -> None:
         """The peer began a frame and did not finish it within ``body_timeout``."""
@@ -141,65 +138,55 @@ class FramedConnection(asyncio.BufferedProtocol):
         memory the pause itself cannot free)."""
         return False
 
+    def _after_pull(self) -> None:
+        """Called after every pull (subclasses account for what stays buffered)."""
+
     # ------------------------------------------------------------------ reading
 
     def _pull(self) -> None:
-        # Frames taken in one pull are often answered within it (handlers that finish
-        # without waiting): their replies leave together, in one write at the end.
         if self._pulling:
             return  # re-entered (a reply resumed pulling): the outer loop carries on
         self._pulling = True
-        self._gathered = 0
-        decoder = self.decoder
+        protocol = self.protocol
         gated = self._gated
         try:
-            # Events go to event_received while can_pull allows; one loop, no helper
-            # calls, as this runs for every read.
             while not self.closed:
                 if gated and (self.in_flight or self._write_paused) and not self.can_pull():
                     self._pause_reading()
                     break
-                try:
-                    event = decoder.next_event()
-                except FrameError as error:
-                    self.frame_error(error)
+                event = protocol.next_event()
+                if event is None:  # the protocol ran dry: read again
+                    self._ran_dry()
                     break
-                if event is None:  # the decoder ran dry: read again
-                    if self._reading_paused:
-                        self._reading_paused = False
-                        assert self.transport is not None
-                        self.transport.resume_reading()
-                    if (
-                        self.body_timeout is not None
-                        and self._stall_handle is None
-                        and (decoder._start != decoder._end or decoder._skip)  # mid_frame
-                    ):
-                        self._stall_handle = self.loop.call_later(
-                            self.body_timeout, self._check_stall, self.events_seen
-                        )
+                if type(event) is ProtocolError:
+                    self.protocol_error(event)
                     break
                 self.events_seen += 1
                 self.event_received(event)
                 if (
-                    decoder._start == decoder._end
-                    and not decoder._skip
+                    protocol.idle
                     and not self._reading_paused
                     and not (gated and (self.in_flight or self._write_paused))
                 ):
                     # Nothing buffered, nothing paused, nothing that could hold us back:
-                    # done without asking the decoder (or can_pull) again. For a client
-                    # this is between a reply and the caller resuming; for a server,
-                    # between a reply's write and the next read.
+                    # done without asking the protocol again (once per read).
                     break
-            if self._after_pull_hooked:  # (not called otherwise: it is a Python call)
+            if self._after_pull_hooked:
                 self._after_pull()
         finally:
             self._pulling = False
-            if self._out:
-                self.flush_now()
+            if protocol.bytes_to_send:
+                self.flush()
 
-    def _after_pull(self) -> None:
-        """Called after every pull (subclasses account for what stays buffered)."""
+    def _ran_dry(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        if self.body_timeout is not None and self._stall_handle is None and self.protocol.mid_frame:
+            self._stall_handle = self.loop.call_later(
+                self.body_timeout, self._check_stall, self.events_seen
+            )
 
     def resume_pulling(self) -> None:
         """Backpressure lifted: pull what is buffered and read the socket again."""
@@ -213,7 +200,7 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def _check_stall(self, events_at_arming: int) -> None:
         self._stall_handle = None
-        if self.closed or not self.decoder.mid_frame:
+        if self.closed or not self.protocol.mid_frame:
             return
         if self.events_seen == events_at_arming and (
             not self._reading_paused or self.stalled_while_paused()
@@ -228,49 +215,44 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, header: bytes, body: Payload) -> None:
-        """Queue one frame; everything queued in this loop iteration leaves together."""
-        if self.closed:
-            return
-        out = self._out
-        out.append(header)
-        out.append(body)
-        if self._flush_handle is None and not self._pulling:
-            self._flush_handle = self.loop.call_soon(self._flush)
+    def queued(self) -> None:
+        """Something was queued on the protocol: write it by the rule in the class doc."""
+        if self._pulling:
+            if (
+                not self.protocol.more_buffered
+                or self.protocol.bytes_to_send >= GATHER_LIMIT
+                or self._reading_paused
+            ):
+                self.flush()
+        elif self.alone():
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
 
-    def send_parts(self, header: bytes, parts: tuple[Payload, ...]) -> None:
-        """Queue one frame whose body is ``parts`` back to back (no join, no copy)."""
-        if self.closed:
-            return
-        self._out.append(header)
-        self._out.extend(parts)
-        if self._flush_handle is None and not self._pulling:
-            self._flush_handle = self.loop.call_soon(self._flush)
-
-    def flush_now(self) -> None:
-        """Write what is queued now instead of at the next loop iteration."""
+    def flush(self) -> None:
+        """Hand everything queued to the transport now."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        if self._out or self._release:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if self.closed or self.transport is None:
-            return
-        out = self._out
-        if out:
-            self._out = []
-            self.transport.writelines(out)
+            self._flush_handle = None
+        out = self.protocol.data_to_send()
+        if out and not self.closed and self.transport is not None:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
         if self._release:
             self._release_views()
 
     def release_after_flush(self, view: memoryview) -> None:
         """Release ``view`` once what is queued now has been handed to the transport
         (at once when nothing is queued)."""
-        self._release.append(view)
-        if self.closed or not self._out:
-            self._release_views()
+        if self.protocol.bytes_to_send and not self.closed:
+            self._release.append(view)
+            return
+        try:  # noqa: SIM105 - contextlib.suppress costs ~1 us per view here
+            view.release()
+        except BufferError:
+            pass  # the transport still holds it for a pending write (see _release_views)
 
     def _release_views(self) -> None:
         views = self._release
@@ -283,6 +265,12 @@ class FramedConnection(asyncio.BufferedProtocol):
                 # (nothing reuses its memory while any view is alive).
                 pass
 
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
         if self._write_paused and not self.closed:
@@ -291,10 +279,9 @@ class FramedConnection(asyncio.BufferedProtocol):
             await waiter
 
     def close(self) -> None:
-        """Flush what is queued, then close."""
+        """Write what is queued, then close."""
         if self.transport is not None and not self.transport.is_closing():
-            # Replies gathered inside a read have no flush handle: flush regardless.
-            self.flush_now()
+            self.flush()
             self.transport.close()
 
     def abort(self) -> None:

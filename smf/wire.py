@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeAlias
 
 import xxhash
 
@@ -44,6 +44,14 @@ MAX_SESSION: Final = 0xFFFF
 
 FLAG_PAYLOAD_HEADERS: Final = 0x01
 _KNOWN_FLAGS: Final = FLAG_PAYLOAD_HEADERS
+
+Payload: TypeAlias = bytes | bytearray | memoryview
+"""A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
+
+
+def payload_size(body: Payload) -> int:
+    """Bytes in ``body`` (``len`` of a memoryview counts items, not bytes)."""
+    return body.nbytes if type(body) is memoryview else len(body)
 
 
 class Compression(IntEnum):
@@ -84,25 +92,43 @@ def checksum_parts(*parts: bytes | bytearray | memoryview) -> int:
 def encode_header(
     session: int,
     meta: int,
-    body: bytes | bytearray | memoryview,
+    body: Payload | tuple[Payload, ...],
     compression: int = Compression.NONE,
     flags: int = 0,
 ) -> bytes:
-    """The 16-byte header for ``body``; send it followed by ``body`` itself (no join needed)."""
-    size = body.nbytes if isinstance(body, memoryview) else len(body)
-    if size == 0:
+    """The 16-byte header for ``body``; send it followed by ``body`` itself (no join
+    needed). ``body`` may be a tuple of parts sent back to back (payload headers, then
+    the message): size and checksum cover them all, nothing is joined. The one way
+    headers are packed; it refuses what a decoder would refuse."""
+    kind = type(body)
+    if kind is tuple:
+        size = sum(map(payload_size, body))  # type: ignore[arg-type]
+        csum = checksum_parts(*body)
+    else:
+        size = body.nbytes if kind is memoryview else len(body)  # type: ignore[union-attr]
+        csum = _xxh64(body) & 0xFFFFFFFF  # type: ignore[arg-type]
+    # One test for the usual case; _refuse names the fault.
+    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~_KNOWN_FLAGS:
+        _refuse(size, meta, compression, flags)
+    return HEADER.pack(compression, flags, session, size, csum, meta)
+
+
+def _refuse(size: int, meta: int, compression: int, flags: int) -> NoReturn:
+    if not size:
         raise BadSize(0)
     if size > MAX_BODY_SIZE:
         raise FrameTooLarge(size, MAX_BODY_SIZE)
-    if meta == 0:
-        raise BadMeta(0)
-    return HEADER.pack(compression, flags, session, size, _xxh64(body) & 0xFFFFFFFF, meta)
+    if not meta:
+        raise BadMeta(meta)
+    if compression & ~3:
+        raise BadCompression(compression)
+    raise BadFlags(flags)
 
 
 def encode_frame(
     session: int,
     meta: int,
-    body: bytes | bytearray | memoryview,
+    body: Payload,
     compression: int = Compression.NONE,
     flags: int = 0,
 ) -> bytes:
@@ -177,12 +203,18 @@ class FrameDecoder:
         *,
         buffer_size: int = 256 * 1024,
         skip_oversized: bool = True,
+        frame_type: type[Frame] = Frame,
+        oversized_type: type[OversizedFrame] = OversizedFrame,
     ) -> None:
         if buffer_size < 2 * HEADER_SIZE:
             raise ValueError(f"buffer_size must be at least {2 * HEADER_SIZE}")
         self.max_body_size = max_body_size
         self.buffer_size = buffer_size
         self.skip_oversized = skip_oversized
+        # What next_event builds (subclasses of Frame/OversizedFrame: a protocol's own
+        # event types, built here at no extra cost).
+        self._frame_type = frame_type
+        self._oversized_type = oversized_type
         # Allocated on first read: an idle connection costs no receive buffer.
         self._buf = bytearray()
         self._view = memoryview(self._buf)
@@ -217,6 +249,10 @@ class FrameDecoder:
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        end = self._end + nbytes
+        if not self._into_scratch and nbytes >= 0 and end <= len(self._buf):
+            self._end = end  # the usual case, once per read
+            return
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
         if self._into_scratch:
@@ -265,7 +301,7 @@ class FrameDecoder:
                 self._fail(FrameTooLarge(size, self.max_body_size))
             self._start = start + HEADER_SIZE
             self._skip = size
-            return OversizedFrame(compression, flags, session, meta, size)
+            return self._oversized_type(compression, flags, session, meta, size)
         end = start + HEADER_SIZE + size
         if end > self._end:
             return None
@@ -276,7 +312,7 @@ class FrameDecoder:
             self._fail(ChecksumMismatch(csum, actual))
         self._start = end
         # Frame.__init__'s work without its Python frame (one per request and reply):
-        frame: Frame = _new_object(Frame)
+        frame: Frame = _new_object(self._frame_type)
         frame.compression = compression
         frame.flags = flags
         frame.session = session
@@ -288,6 +324,16 @@ class FrameDecoder:
     def mid_frame(self) -> bool:
         """True while part of a frame has arrived but not all of it (for stall timeouts)."""
         return self._start != self._end or self._skip > 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and nothing being skipped: a read now starts a new frame."""
+        return self._start == self._end and not self._skip
+
+    @property
+    def header_buffered(self) -> bool:
+        """A further frame's header has arrived (``next_event`` has more to say)."""
+        return self._end - self._start >= HEADER_SIZE
 
     @property
     def allocated(self) -> int:

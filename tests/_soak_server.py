@@ -124,7 +124,7 @@ async def serve(config: dict[str, Any]) -> None:
             "in_flight": sum(len(c.in_flight) for c in server.connections),
             "budget_used": server.budget.used,
             "budget_peak": server.budget.peak,
-            "buffered": sum(c.decoder.buffered for c in server.connections),
+            "buffered": sum(c.protocol.buffered for c in server.connections),
             "rss": rss_bytes(),
             "fds": open_fds(),
             "loop_errors": loop_errors,

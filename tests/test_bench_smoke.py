@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "latency.py"
-TINY = ["--calls", "40", "--window-calls", "200", "--warmup", "10", "--repeats", "1", "--quiet"]
+TINY = [
+    *("--calls", "40", "--window-calls", "200", "--warmup", "10", "--repeats", "1"),
+    *("--quiet", "--no-record"),
+]
 
 
 def _run(*extra: str) -> str:
@@ -54,6 +57,33 @@ def test_latency_bench_prints_table_and_json_for_both_systems() -> None:
         "window calls/s smf/raw",
     ]
     assert all(isinstance(t["pass"], bool) for t in result["targets"])
+
+
+def test_latency_bench_compares_two_checkouts_and_records_a_summary(tmp_path: Path) -> None:
+    """--baseline DIR: the A/B mode (smf against the smf of another checkout, here this
+    same one); without --no-record the summary is appended as one JSON line."""
+    root = BENCH.parent.parent
+    table = _run("--baseline", str(root))
+    assert "smf/base" in table and "paired" in table and "targets" not in table
+    result = json.loads(_run("--baseline", str(root), "--json"))
+    assert result["systems"] == ["base", "smf"]
+    assert result["baseline"] == str(root)
+    assert set(result["median"]) == {"base", "smf"}
+    for mode in ("sequential", "window"):
+        assert result["median"]["base"][mode]["calls_per_s"] > 0
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_latency", BENCH)
+    assert spec is not None and spec.loader is not None
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    log = tmp_path / "results" / "latency.jsonl"
+    latency.record(result, log)
+    latency.record(result, log)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2
+    assert "runs" not in json.loads(lines[0])
+    assert json.loads(lines[1])["median"] == result["median"]
 
 
 def test_interleaved_bench_prints_both_systems_and_the_ratio() -> None:

@@ -241,7 +241,7 @@ async def test_a_dns_name_resolves_to_its_addresses(servers: list[Proc]) -> None
 
 async def test_generated_stubs_take_a_channel_and_a_client_alike(servers: list[Proc]) -> None:
     async with Channel([servers[0].address], keepalive=None) as channel:
-        caller: smf.Caller = channel
+        caller: smf.Caller = channel  # the stubs take either
         assert isinstance(channel.methods, smf.metrics.MethodTable)
         assert await _get(channel) == servers[0].port
         del caller

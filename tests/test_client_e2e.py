@@ -134,8 +134,9 @@ async def test_calls_beyond_max_sessions_wait_for_a_session(
 
 
 async def test_connection_loss_fails_every_pending_call(
-    echo_server: smf.Server, client: smf.Client, kit: Any
+    echo_server: smf.Server, make_client: Any, kit: Any
 ) -> None:
+    client = await make_client("127.0.0.1", echo_server.port, reconnect=False)
     calls = [asyncio.create_task(client.call(kit.BLOCK, b"x")) for _ in range(50)]
     await kit.wait_until(lambda: echo_server.state.entered == 50)
     for conn in list(echo_server.connections):
@@ -149,6 +150,19 @@ async def test_connection_loss_fails_every_pending_call(
     # Without reconnect, later calls fail at once.
     with pytest.raises(smf.ConnectionLost):
         await asyncio.wait_for(client.call(kit.ECHO, b"after"), 5.0)
+
+
+async def test_calls_in_flight_fail_on_loss_and_later_ones_reconnect_by_default(
+    echo_server: smf.Server, client: smf.Client, kit: Any
+) -> None:
+    calls = [asyncio.create_task(client.call(kit.BLOCK, b"x")) for _ in range(5)]
+    await kit.wait_until(lambda: echo_server.state.entered == 5)
+    for conn in list(echo_server.connections):
+        conn.abort()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5.0)
+    assert all(isinstance(r, smf.ConnectionLost) for r in results), results
+    assert bytes(await client.call(kit.ECHO, b"after")) == b"after"
+    assert client.stats.reconnects == 1
 
 
 async def test_connection_loss_also_fails_calls_waiting_for_a_session(
@@ -330,7 +344,28 @@ async def test_reconnect_gives_up_a_waiting_call_at_its_timeout(
 async def test_reconnect_true_uses_default_backoff(echo_server: smf.Server, kit: Any) -> None:
     client = smf.Client("127.0.0.1", echo_server.port, reconnect=True)
     assert client.backoff == smf.Backoff()
-    assert smf.Client("127.0.0.1", echo_server.port).backoff is None
+    # Reconnecting is the default; reconnect=False turns it off.
+    assert smf.Client("127.0.0.1", echo_server.port).backoff == smf.Backoff()
+    assert smf.Client("127.0.0.1", echo_server.port, reconnect=False).backoff is None
+
+
+async def test_the_next_call_after_the_server_closed_an_idle_connection_succeeds(
+    make_server: Any, make_client: Any, kit: Any
+) -> None:
+    """A server's idle timeout closes a default client's connection; its next call
+    reconnects instead of failing (before, it raised ConnectionLost for good)."""
+    server = await make_server(idle_timeout=0.2)
+    client = await make_client("127.0.0.1", server.port)
+    assert bytes(await client.call(kit.ECHO, b"first")) == b"first"
+    await kit.wait_until(lambda: server.stats.idle_closed == 1, what="the idle close")
+    await kit.wait_until(lambda: not client.connected, what="the client to see it")
+    assert bytes(await client.call(kit.ECHO, b"second")) == b"second"
+    assert client.stats.reconnects == 1
+    off = await make_client("127.0.0.1", server.port, reconnect=False)
+    assert bytes(await off.call(kit.ECHO, b"x")) == b"x"
+    await kit.wait_until(lambda: not off.connected, what="the idle close of the other")
+    with pytest.raises(smf.ConnectionLost):
+        await off.call(kit.ECHO, b"y")
 
 
 def _expected_bases(b: smf.Backoff, n: int) -> list[float]:

@@ -330,23 +330,98 @@ async def test_disabled_request_is_treated_as_none_by_a_filtering_server(
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=ALGO_IDS)
-async def test_server_without_filter_answers_505_naming_the_compression(
+async def test_server_without_filter_decompresses_zstd_and_lz4_requests(
     make_server: Any, kit: Any, algorithm: Compression
 ) -> None:
+    """As gRPC servers do: a compressed request needs no filter. (Was 505 before.)"""
     server = await make_server()
     answer = await raw_call(
         kit, server, encode_frame(1, kit.ECHO, by_hand(algorithm, BIG), compression=algorithm)
     )
-    assert answer.meta == 505
-    assert algorithm.name.lower().encode() in answer.body
-    assert server.stats.responses == {505: 1}
+    # A plain reply is marked: compression byte 1, "disabled" (smf.peer).
+    assert (answer.meta, answer.compression, answer.body) == (200, Compression.DISABLED, BIG)
+    assert server.stats.responses == {200: 1}
 
 
-async def test_server_with_the_other_algorithm_answers_505(make_server: Any, kit: Any) -> None:
-    server = await make_server(filters=[CompressionFilter(Compression.LZ4)])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=ALGO_IDS)
+async def test_default_decompression_is_capped_by_max_body_size(
+    make_server: Any, kit: Any, algorithm: Compression
+) -> None:
+    server = await make_server(max_body_size=64 * 1024)
+    bomb = by_hand(algorithm, bytes(4 * 1024 * 1024))
+    answer = await raw_call(kit, server, encode_frame(1, kit.ECHO, bomb, compression=algorithm))
+    assert answer.meta == 413
+
+
+async def test_server_with_the_other_algorithm_still_decompresses_and_replies_plain(
+    make_server: Any, kit: Any
+) -> None:
+    """An lz4 server gets a zstd request: served, and its reply is not lz4 (the caller
+    offered only zstd). (Was 505 before.)"""
+    server = await make_server(filters=[CompressionFilter(Compression.LZ4, min_size=1)])
     answer = await raw_call(kit, server, encode_frame(1, kit.ECHO, smf_zstd(BIG), compression=2))
-    assert answer.meta == 505
-    assert b"zstd" in answer.body
+    assert (answer.meta, answer.compression, answer.body) == (200, Compression.DISABLED, BIG)
+
+
+async def test_a_plain_client_gets_plain_replies_from_a_compressing_server(
+    make_server: Any, make_client: Any, kit: Any
+) -> None:
+    """A server with compression filters never compresses for a caller that offered
+    nothing: adding compression to a server does not break its clients. (Before, the
+    reply came zstd-compressed and the client failed with 505 Unsupported.)"""
+    server = await make_server(
+        filters=[CompressionFilter(Compression.ZSTD), CompressionFilter(Compression.LZ4)]
+    )
+    client = await make_client("127.0.0.1", server.port)
+    assert bytes(await client.call(kit.ECHO, BIG)) == BIG
+    assert bytes(await client.call(kit.ECHO, BIG, metadata={"k": "v"})) == BIG
+    answer = await raw_call(kit, server, encode_frame(1, kit.ECHO, BIG))
+    assert (answer.compression, answer.body) == (Compression.DISABLED, BIG)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=ALGO_IDS)
+async def test_a_reply_uses_only_the_compression_the_request_came_in(
+    make_server: Any, make_client: Any, kit: Any, algorithm: Compression
+) -> None:
+    """A [ZSTD, LZ4] server answers an lz4 request in lz4 and a zstd one in zstd (before,
+    the first filter's zstd went to the lz4-only client)."""
+    server = await make_server(
+        filters=[
+            CompressionFilter(Compression.ZSTD, min_size=64),
+            CompressionFilter(Compression.LZ4, min_size=64),
+        ]
+    )
+    answer = await raw_call(
+        kit, server, encode_frame(1, kit.ECHO, by_hand(algorithm, BIG), compression=algorithm)
+    )
+    assert answer.meta == 200 and answer.compression == algorithm
+    only = await make_client(
+        "127.0.0.1", server.port, filters=[CompressionFilter(algorithm, min_size=64)]
+    )
+    assert bytes(await only.call(kit.ECHO, BIG)) == BIG
+
+
+async def test_an_explicit_offer_gets_a_compressed_reply_to_a_plain_request(
+    make_server: Any, make_client: Any, kit: Any
+) -> None:
+    from smf.context import ACCEPT_COMPRESSION_HEADER
+    from smf.headers import encode
+
+    server = await make_server(filters=[CompressionFilter(Compression.ZSTD, min_size=64)])
+    offer = encode({ACCEPT_COMPRESSION_HEADER: "lz4, zstd"})
+    answer = await raw_call(kit, server, encode_frame(1, kit.ECHO, offer + BIG, flags=1))
+    assert (answer.meta, answer.compression) == (200, Compression.ZSTD)
+    unknown = encode({ACCEPT_COMPRESSION_HEADER: "gzip"})
+    answer = await raw_call(kit, server, encode_frame(2, kit.ECHO, unknown + BIG, flags=1))
+    assert (answer.meta, answer.compression, answer.body) == (200, Compression.DISABLED, BIG)
+    # A client with a zstd filter (sending plain requests) offers it in its metadata.
+    client = await make_client(
+        "127.0.0.1", server.port, filters=[CompressionFilter(Compression.ZSTD, min_size=10**6)]
+    )
+    before = server.stats.bytes_out
+    offer_zstd = {ACCEPT_COMPRESSION_HEADER: "zstd"}
+    assert bytes(await client.call(kit.ECHO, BIG, metadata=offer_zstd)) == BIG
+    assert server.stats.bytes_out - before < HEADER_SIZE + len(BIG)  # the reply was packed
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=ALGO_IDS)
@@ -420,15 +495,15 @@ async def test_corrupt_compressed_body_is_400(make_server: Any, kit: Any, case: 
     assert answer.meta == 400, answer.body
 
 
-async def test_client_without_filter_gets_unsupported_for_compressed_response(
+async def test_small_replies_stay_plain_even_when_offered(
     make_server: Any, make_client: Any, kit: Any
 ) -> None:
     server = await make_server(filters=[CompressionFilter(Compression.ZSTD)])
-    client = await make_client("127.0.0.1", server.port)
-    with pytest.raises(smf.Unsupported, match="zstd"):
-        await client.call(kit.ECHO, BIG)
-    # Small answers are not compressed, so they still work.
+    client = await make_client(
+        "127.0.0.1", server.port, filters=[CompressionFilter(Compression.ZSTD)]
+    )
     assert bytes(await client.call(kit.ECHO, b"small")) == b"small"
+    assert bytes(await client.call(kit.ECHO, BIG)) == BIG
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=ALGO_IDS)

@@ -463,7 +463,7 @@ async def test_scrape_during_record_loses_no_sample(
     server: smf.Server, client: smf.Client, exporter: tuple[MetricsExporter, int]
 ) -> None:
     """A deterministic replay of one interleaving the GIL allows: the event loop is
-    inside ``record`` (between reading ``self._pending`` and storing into it) when the
+    inside ``record`` (between reading ``self.pending`` and storing into it) when the
     HTTP thread scrapes. With any correct fix (a lock, or a snapshot taken on the loop)
     the scrape waits for the loop; the pause below gives up after 1 s so that such a fix
     makes this test pass instead of deadlocking."""
@@ -485,7 +485,7 @@ async def test_scrape_during_record_loses_no_sample(
                 scraped.wait(1.0)
             return super().get(key, default)
 
-    recorder._pending = PausedOnce(recorder._pending)
+    recorder.pending = PausedOnce(recorder.pending)
 
     def scrape_when_paused() -> None:
         assert in_record.wait(10.0)

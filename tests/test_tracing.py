@@ -179,6 +179,25 @@ async def test_call_inside_an_application_span_joins_its_trace(
     assert child_of(s, c)
 
 
+async def test_a_callers_traceparent_is_the_parent_of_the_client_span(
+    spans: InMemorySpanExporter, net: Any
+) -> None:
+    """(Before, the client span started a new root trace and replaced it.)"""
+    server = await net.server({META: (meta, "Trace.meta")})
+    client = await net.client(server)
+    trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    caller = f"00-{trace_id:032x}-{span_id:016x}-01"
+    seen = bytes(await client.call(META, b"x", metadata={TRACEPARENT_HEADER: caller})).decode()
+    finished = await finished_spans(spans, 2)
+    (c,) = by_kind(finished, SpanKind.CLIENT)
+    (s,) = by_kind(finished, SpanKind.SERVER)
+    assert c.context.trace_id == trace_id == s.context.trace_id
+    assert c.parent is not None and c.parent.span_id == span_id
+    assert s.parent is not None and s.parent.span_id == c.context.span_id
+    # The handler sees the client span's traceparent, in the caller's trace.
+    assert f"00-{trace_id:032x}-{c.context.span_id:016x}-" in seen
+
+
 async def test_traceparent_reaches_the_handler_and_callers_metadata_is_not_mutated(
     spans: InMemorySpanExporter, net: Any
 ) -> None:

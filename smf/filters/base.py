@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..router import Payload, payload_size
+from ..wire import Payload, payload_size
 
 
 class Message:
@@ -13,18 +13,28 @@ class Message:
 
     ``meta`` is the wire id of a request or the status of a response. ``body`` is the
     message as sent on the wire (payload headers included when ``flags`` bit 0 is set).
+    ``accept``: on a server's reply, the compressions the caller offered (its request's
+    own, and any in its ``smf-accept-compression`` header); a reply must not be
+    compressed with any other.
     """
 
-    __slots__ = ("body", "compression", "flags", "meta", "session")
+    __slots__ = ("accept", "body", "compression", "flags", "meta", "session")
 
     def __init__(
-        self, compression: int, flags: int, session: int, meta: int, body: Payload
+        self,
+        compression: int,
+        flags: int,
+        session: int,
+        meta: int,
+        body: Payload,
+        accept: frozenset[int] = frozenset(),
     ) -> None:
         self.compression = compression
         self.flags = flags
         self.session = session
         self.meta = meta
         self.body = body
+        self.accept = accept
 
     def __repr__(self) -> str:
         size = payload_size(self.body)

@@ -13,8 +13,7 @@ import lz4.block
 import zstandard
 
 from ..errors import BadRequest, PayloadTooLarge
-from ..router import Payload, payload_size
-from ..wire import Compression
+from ..wire import Compression, Payload, payload_size
 from .base import Filter, FilterSide, Message
 
 _U32 = struct.Struct("<I")
@@ -67,7 +66,12 @@ def decompress(algorithm: int, body: Payload, max_size: int) -> bytes:
 class CompressionFilter(Filter):
     """Decompresses incoming bodies of its algorithm; compresses outgoing bodies of at
     least ``min_size`` bytes (unless marked ``Compression.DISABLED`` or already
-    compressed), keeping the original when compression does not make it smaller."""
+    compressed), keeping the original when compression does not make it smaller. On a
+    server, a reply is compressed only if the caller offered the algorithm (its request
+    was compressed with it, or named it in the ``smf-accept-compression`` payload
+    header, e.g. ``client.call(..., metadata={"smf-accept-compression": "zstd"})``). A
+    server decompresses zstd and lz4 requests without any filter; this filter adds
+    compressed replies and its own ``max_size``."""
 
     def __init__(
         self,
@@ -91,6 +95,8 @@ class CompressionFilter(Filter):
         return message
 
     async def outgoing(self, message: Message, side: FilterSide) -> Message | None:
+        if side.is_server and self.algorithm not in message.accept:
+            return message  # the caller did not offer it: a plain reply
         if message.compression == Compression.NONE and payload_size(message.body) >= self.min_size:
             packed = compress(self.algorithm, message.body, self.level)
             if len(packed) < payload_size(message.body):

@@ -100,6 +100,12 @@ class Wrong(SmfStorage):
         return "no"
 
 
+async def over_a_channel(channel: smf.Channel) -> None:
+    # A Channel is accepted wherever a Client is (both meet smf.Caller).
+    response: Response = await SmfStorageClient(channel).Get(RequestT(name="x"))
+    print(response.Name())
+
+
 async def mistakes(client: smf.Client, request: Request) -> None:
     request.Name().decode()  # E: union-attr
     text: str = request.Name() or b""  # E: assignment

@@ -14,7 +14,7 @@ from typing import Final
 from smf.stubs import (
     DEFAULT,
     CallContext,
-    Client,
+    Caller,
     Default,
     OUT_OF_BOUNDS,
     Handler,
@@ -151,7 +151,7 @@ class ReplicationClient:
     of ``smf.Client.call``.
     """
 
-    def __init__(self, client: Client, *, verify_responses: bool = False) -> None:
+    def __init__(self, client: Caller, *, verify_responses: bool = False) -> None:
         """``verify_responses=True`` verifies each response before returning it (a malformed
         one raises ``smf.verify.VerificationError``)."""
         self.client = client

@@ -1,11 +1,9 @@
-"""Review of the read-path speed-ups (bda3810..85c0393), by a review helper.
-
-- The first group pinned what that diff had changed: the client counted a call only
-  after the next call's write (a held metrics row missed the last call, an idle client
-  kept a record per call), and decoded frames were named tuples (unhashable, equal to
-  each other by value, read-only). Both changes were undone; these tests keep them out.
-- The rest are edge cases checked in the review that behaved the same before and after
-  the diff, kept so that they stay that way.
+"""Frames and replies at their edges: the client's per-method counters see every call
+(and keep no record per finished call), decoded frames are plain objects (hashable,
+distinct, assignable, copyable), each header fault raises its typed error and closes
+only its connection, a partial frame after an answered one stalls, replies of every
+buffer shape (multi-byte, 2-D, non-contiguous) and size around ``JOIN_LIMIT`` keep
+their order, and a peer that does not read its replies pauses reading.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""The paths that make a sequential call fast, at their risky spots: eager handler
-start, replies gathered per read (and flushed on close, on the write-side pause, at a
-partial frame), the client's immediate write on an idle connection, the shared
-deadline timer left armed, and bookkeeping when only the outgoing filters wait.
-
-Written in a review of that work; the first eight found bugs it had introduced (lost
-replies on close, leaked handler tasks, late timeouts, a hang on a lost connection,
-unbounded replies per read, a connection killed by one bad reply), all fixed. Real
-sockets on 127.0.0.1, uvloop (conftest).
+"""When replies and requests leave (the coalescing rule in ``smf.transport.Connection``)
+and the deadline timer: replies gathered in a read are sent on close, at a partial
+frame, before a write-side or in-flight pause; outgoing filters that wait leak no task
+and starve nothing; calls on an idle connection leave in issue order; the client's one
+deadline timer is never armed later than the next deadline, takes a lowered default
+timeout into account and never expires a later call; every pipelined request gets one
+answer. Real sockets on 127.0.0.1, uvloop (conftest).
 """
 
 from __future__ import annotations
@@ -129,10 +127,10 @@ async def test_deadline_timer_is_never_armed_later_than_the_next_deadline(
     call = asyncio.create_task(client.call(kit.SLEEP, b"30"))
     try:
         await kit.wait_until(lambda: client.in_flight == 1)
-        assert client._conn is not None
-        queue = client._conn.deadlines
-        assert queue._timer is not None
-        assert queue._timer.when() <= queue._queue[0][0] + 1e-3
+        deadlines = client._deadlines()
+        armed, earliest = deadlines.next_deadline, deadlines.earliest
+        assert armed is not None and earliest is not None
+        assert armed <= earliest + 1e-3
     finally:
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, smf.RpcError):

@@ -1,12 +1,12 @@
-"""Review of the plain-call path (c94b21d client, 03ba0f2 server): a handler's own
-coroutine stepped by ``smf.eager.run_eager`` and answered inline or by ``_answer``,
-the flattened pull loop, and the client's deadline queue pruned only in ``add``.
+"""A call's life on the server, from start to answer: results of every kind (released
+or waited-for views), handlers that are plain functions, context variables kept inside
+their call, cancellation (self-cancel, anyio scopes, a cancelled future, connection
+loss, ``stop`` with and without grace), exactly one reply per request, the byte budget
+and the idle sweep while handlers wait.
 
-The first section holds the bugs that review found, all fixed since: each test failed
-on the code under review (those that also failed at f4d2803, before it, say so). The
-second pins behaviour that holds on both Python 3.11 (``EagerTask``) and 3.12+
-(asyncio's eager tasks) and is easy to break on this path. Real sockets on 127.0.0.1,
-uvloop (conftest); no wall-clock thresholds (the timeouts are hang guards only).
+Each holds on Python 3.11 (``smf.eager.EagerTask``) and 3.12+ (asyncio's eager tasks).
+Real sockets on 127.0.0.1, uvloop (conftest); no wall-clock thresholds (the timeouts
+are hang guards only).
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ async def test_contextvars_do_not_leak_into_requests_pulled_when_a_handler_ends(
         writer.write(kit.frame(1, SETS_VAR_AND_WAITS, b"x") + kit.frame(2, READS_VAR, b"x"))
         conn = await _only_connection(server, kit)
         await kit.wait_until(lambda: server.state.entered == 1, what="the first handler")
-        await kit.wait_until(lambda: conn.decoder.buffered > 0, what="the second request")
+        await kit.wait_until(lambda: conn.protocol.buffered > 0, what="the second request")
         server.state.gate.set()
         frames = {f.session: f.body for f in await kit.read_frames(reader, 2)}
         assert frames == {1: b"waited", 2: b"unset"}
