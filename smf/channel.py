@@ -275,7 +275,7 @@ class Channel:
                     self._set_state(backend, BackendState.TRANSIENT_FAILURE, str(exc))
                     await asyncio.sleep(next(delays))
                     continue
-                conn = client._conn
+                conn = client.connection
                 assert conn is not None
                 if self.health_check:
                     await self._probe(backend)
@@ -287,7 +287,7 @@ class Channel:
                 if self._closed:
                     break
                 if backend.state is not BackendState.TRANSIENT_FAILURE:
-                    why = client._last_loss.removeprefix(": ") or "connection closed"
+                    why = client.last_loss or "connection closed"
                     self._set_state(backend, BackendState.TRANSIENT_FAILURE, why)
                 await asyncio.sleep(next(delays))
         finally:
@@ -339,7 +339,7 @@ class Channel:
         except DeadlineExceeded:
             why = f"keepalive: no answer from {backend.address} within {self.keepalive_timeout}s"
             self._set_state(backend, BackendState.TRANSIENT_FAILURE, why)
-            _kill(client, why)
+            client.abort(why)
             return
         except ConnectionLost as exc:
             self._set_state(backend, BackendState.TRANSIENT_FAILURE, str(exc))
@@ -420,8 +420,7 @@ class Channel:
             else:
                 backend = await self._pick(deadline)
             client = backend.client
-            conn = client._conn
-            reached = conn is not None and not conn.closed  # else it fails before sending
+            reached = client.connected  # else it fails before sending
             attempt_timeout: float | Default | None = timeout
             if attempt > 1 or not isinstance(timeout, Default):
                 attempt_timeout = None if deadline is None else deadline - loop.time()
@@ -431,7 +430,7 @@ class Channel:
                     wire_id, payload, timeout=attempt_timeout, metadata=metadata
                 )
             except ConnectionLost as exc:
-                lost = client._conn is None or client._conn.closed  # not a filter's drop
+                lost = not client.connected  # not a filter's drop
                 if lost and backend.state is BackendState.READY:
                     self._set_state(backend, BackendState.TRANSIENT_FAILURE, str(exc))
                 if not reached:
@@ -488,12 +487,3 @@ class Channel:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _kill(client: Client, why: str) -> None:
-    """Close ``client``'s connection now: its pending calls fail with ``why``."""
-    conn = client._conn
-    if conn is not None and not conn.closed:
-        client._last_loss = f": {why}"
-        conn._fail(ConnectionLost(why))
-        conn.abort()

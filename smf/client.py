@@ -245,6 +245,7 @@ class ClientConnection(Connection):
         self.lost: asyncio.Future[None] = self.loop.create_future()
         # Does the server read payload headers? (smf/peer.py)
         self.peer_headers = PeerHeaders(client.payload_headers)
+        self._failed = False  # _fail ran: its calls were failed with a reason
 
     def alone(self) -> bool:
         # The only call in flight: nothing else would join its write this iteration.
@@ -274,10 +275,12 @@ class ClientConnection(Connection):
 
     def protocol_error(self, event: ProtocolError) -> None:
         log.warning("closing connection to %s: %s", self.peer, event.error)
+        self.client._last_loss = f": bad frame from the server: {event.error}"
         self._fail(ConnectionLost(f"server {self.peer} sent a bad frame: {event.error}"))
         self.abort()
 
     def stalled(self) -> None:
+        self.client._last_loss = f": the server stopped mid-frame for {self.body_timeout}s"
         self._fail(ConnectionLost(f"server {self.peer} stopped mid-frame for {self.body_timeout}s"))
         self.abort()
 
@@ -293,7 +296,8 @@ class ClientConnection(Connection):
                     " (closed before any reply; the server may require a client "
                     "certificate this client did not present or it did not trust)"
                 )
-        self.client._last_loss = why
+        if not self._failed:  # else it failed first, for a reason of its own
+            self.client._last_loss = why
         self._fail(ConnectionLost(f"connection to {self.client.address} lost{why}"))
         if not self.lost.done():
             self.lost.set_result(None)
@@ -304,6 +308,7 @@ class ClientConnection(Connection):
         return False
 
     def _fail(self, exc: ConnectionLost) -> None:
+        self._failed = True
         self.closed = True
         self.protocol.close()
         self.sessions.fail_all(exc)
@@ -384,6 +389,26 @@ class Client:
     @property
     def in_flight(self) -> int:
         return len(self._conn.sessions) if self._conn is not None else 0
+
+    @property
+    def connection(self) -> ClientConnection | None:
+        """The current connection (None before the first connect; a new one after each
+        reconnect): what a channel watches (``events_seen``, ``closed``, ``lost``)."""
+        return self._conn
+
+    @property
+    def last_loss(self) -> str:
+        """Why the last connection was lost ("" while none was)."""
+        return self._last_loss.removeprefix(": ")
+
+    def abort(self, why: str) -> None:
+        """Drop the connection now (a peer found dead): its pending calls fail with
+        ``ConnectionLost(why)``; with ``reconnect``, a new connection is made."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            self._last_loss = f": {why}"
+            conn._fail(ConnectionLost(why))
+            conn.abort()
 
     # ------------------------------------------------------------------ connecting
 

@@ -495,3 +495,19 @@ async def test_small_frames_leave_as_one_buffer_large_ones_uncopied(
         assert bytes(await client.call(kit.ECHO, payload)) == payload
     assert spy.buffers == [1, 1, 2, 2]
     assert server_spy.buffers == [1, 1, 2, 2]
+
+
+async def test_abort_fails_pending_calls_with_its_reason_and_the_client_reconnects(
+    echo_server: smf.Server, make_client: Any, kit: Any
+) -> None:
+    client = await make_client("127.0.0.1", echo_server.port)
+    first = client.connection
+    pending = asyncio.ensure_future(client.call(kit.BLOCK, b"slow"))
+    await kit.wait_until(lambda: echo_server.state.entered == 1, what="the handler to start")
+    client.abort("keepalive: no answer within 0.5s")
+    with pytest.raises(smf.ConnectionLost, match="keepalive: no answer"):
+        await pending
+    assert client.last_loss == "keepalive: no answer within 0.5s"
+    # Reconnecting is the default: the next call goes out on a new connection.
+    assert bytes(await client.call(kit.ECHO, b"next")) == b"next"
+    assert client.connection is not first and client.connected
