@@ -31,6 +31,8 @@ from .protocol import (
     parse_timeout,
 )
 from .router import Handler, Service, ServiceRouter
+from .stream_calls import StreamHandler, add_handler, server_event
+from .streams import DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES
 from .transport import GATHER_LIMIT, Connection
 from .wire import HEADER_SIZE, Compression, Payload, Status
 
@@ -135,6 +137,7 @@ class ServerConnection(Connection):
             ServerProtocol(server.max_body_size, server.buffer_size), server.body_timeout
         )
         self.server = server
+        self.protocol.stream_window = server.stream_window
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
@@ -259,6 +262,9 @@ class ServerConnection(Connection):
     def event_received(self, event: RequestReceived | OversizedRequest) -> None:
         """Admit a request and start its call (``_serve``), eagerly: a handler that
         does not wait is answered before this returns, with no task made."""
+        if type(event) is not RequestReceived and type(event) is not OversizedRequest:
+            server_event(self, event)  # type: ignore[arg-type]  # a stream's frame
+            return
         server = self.server
         server.stats.requests += 1
         if type(event) is OversizedRequest:
@@ -523,7 +529,10 @@ class Server:
         max_connections: int = 10_000,
         max_concurrent_handlers: int = 100_000,
         idle_timeout: float | None = 600.0,
+        stream_window: tuple[int, int] = (DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES),
     ) -> None:
+        self.stream_window = stream_window
+        self.stream_handlers: dict[int, tuple[str, StreamHandler]] = {}
         self.max_connections = max_connections
         self.max_concurrent_handlers = max_concurrent_handlers
         self.idle_timeout = idle_timeout
@@ -554,6 +563,14 @@ class Server:
 
     def add_handler(self, wire_id: int, handler: Handler, name: str = "?") -> None:
         self.router.add_handler(wire_id, handler, name)
+        self.methods.name(wire_id, name)
+
+    def add_stream_handler(
+        self, wire_id: int, handler: StreamHandler, kind: str, name: str = "?"
+    ) -> None:
+        """Serve a streaming method (``kind``: "server", "client" or "bidi"; the
+        handler shapes are in ``smf.stream_calls``)."""
+        add_handler(self.stream_handlers, wire_id, handler, kind)
         self.methods.name(wire_id, name)
 
     # ------------------------------------------------------------------ listening
