@@ -54,7 +54,7 @@ of at most this much) rather than as two buffers: uvloop sends a single buffer w
 bodies are never copied."""
 
 _DISABLED: Final = int(Compression.DISABLED)
-_STREAM: Final = _streams.FLAG_STREAM
+_STREAM: Final = STREAM_FLAGS  # any of them: a stream frame, or a bad one
 
 
 class State(enum.Enum):
@@ -264,6 +264,7 @@ class _Connection:
         )
         # Streams by session (smf.streams), and the window granted to a peer's stream.
         self.streams: dict[int, _streams.Stream] = {}
+        self.streamed = False  # a stream was opened on this connection (a stream peer)
         self.stream_window = (_streams.DEFAULT_WINDOW_MESSAGES, _streams.DEFAULT_WINDOW_BYTES)
         self.max_body_size = max_body_size
         self.buffer_size = buffer_size

@@ -317,6 +317,8 @@ def _open(conn: ServerConnection, event: st.StreamOpened) -> None:
     kind, handler = entry
     owner = ServerStream(conn, stream, kind, handler, ctx)
     stream.owner = owner
+    st.accept(conn.protocol, stream)
+    conn.queued()
     task = conn.loop.create_task(owner.run(), context=conn._base_context.copy())
     owner.task = task
     conn.in_flight.add(task)

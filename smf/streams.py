@@ -17,14 +17,15 @@ method never sees one (see ``docs/streams.md`` for the wire reference):
 Credit: a sender may send a message while it holds at least one message and more than
 zero bytes of credit (a message may overdraw the bytes by its own size). The opener
 starts with one message and one byte of credit (its first message needs no grant);
-a server grants its window when the stream opens, and each receiver grants back what
+a server grants its window when it accepts the stream, and each receiver grants back what
 its application consumed once half its window (messages or bytes) is consumed.
 
 Lifetime: a side forgets a stream once it has both sent and received a close (``END``
 or ``CANCEL``); the client frees the session only then, so a session id is never reused
-while the server may still send on it. Frames without ``OPEN`` for a stream a side has
-forgotten are stale (a grant or cancel that crossed the other side's ``END``) and are
-ignored.
+while the server may still send on it. A server ignores a ``CREDIT`` or ``CANCEL`` for a
+stream it has forgotten (it crossed the server's ``END``) once that connection has
+opened a stream; any other stream frame on a
+session with no stream is a protocol error naming ``bitflags``, as any unknown bit is.
 
 Nothing here does I/O: ``receive`` turns a decoded frame into a stream event (called
 from the protocol's ``next_event``), the ``send_*`` functions queue frames on the
@@ -219,7 +220,8 @@ def receive(conn: _Connection, frame: Frame | OversizedFrame, server: bool) -> A
     kind = flags & _KIND
     opening = kind == FLAG_OPEN | FLAG_CREDIT
     if (
-        kind not in (0, FLAG_CREDIT, FLAG_END, FLAG_CANCEL, FLAG_OPEN | FLAG_CREDIT)
+        not flags & FLAG_STREAM
+        or kind not in (0, FLAG_CREDIT, FLAG_END, FLAG_CANCEL, FLAG_OPEN | FLAG_CREDIT)
         or (flags & FLAG_PAYLOAD_HEADERS and not opening)
         or (opening and not server)
         or (kind == FLAG_CANCEL and not server)
@@ -235,13 +237,14 @@ def receive(conn: _Connection, frame: Frame | OversizedFrame, server: bool) -> A
         return StreamOversized(stream, frame.size)
     assert isinstance(frame, Frame)
     if stream is None:
-        if not server:
-            sessions = conn.sessions  # type: ignore[attr-defined]
-            if frame.session in sessions.pending:
-                raise BadFlags(flags)  # a stream frame on a unary call's session
-            return StreamIgnored(frame.session)
+        # Only a grant or a cancel can be stale (sent by a client before it saw the
+        # server's END); anything else on a session with no stream (a unary call's, or
+        # none) is a peer that does not speak streams: the bits are unknown to it.
+        if not server or not (opening or (kind in (FLAG_CREDIT, FLAG_CANCEL) and conn.streamed)):
+            raise BadFlags(flags)
         if not opening:
             return StreamIgnored(frame.session)
+        conn.streamed = True
         body = frame.body
         if body.nbytes < CREDIT.size:
             raise StreamError("size", body.nbytes, "an OPEN frame ends with 8 bytes of credit")
@@ -254,7 +257,6 @@ def receive(conn: _Connection, frame: Frame | OversizedFrame, server: bool) -> A
         )
         stream.send_messages, stream.send_bytes = CREDIT.unpack_from(body, body.nbytes - 8)
         streams[frame.session] = stream
-        _queue(conn, stream, FLAG_CREDIT, CREDIT.pack(stream.window_messages, stream.window_bytes))
         event: StreamEvent = StreamOpened(stream, frame)
         event.body = body[: body.nbytes - 8]
         return event
@@ -310,6 +312,12 @@ def open_stream(
     credit = CREDIT.pack(window_messages, window_bytes)
     conn._send(session, wire_id, credit, 0, FLAG_STREAM | FLAG_OPEN | FLAG_CREDIT, prefix)
     return stream
+
+
+def accept(conn: _Connection, stream: Stream) -> None:
+    """Server: serve ``stream`` (just opened): grant the client its window. A stream
+    refused instead gets only its ``END`` (``send_end`` with the status)."""
+    _queue(conn, stream, FLAG_CREDIT, CREDIT.pack(stream.window_messages, stream.window_bytes))
 
 
 def send_message(conn: _Connection, stream: Stream, body: Payload, compression: int = 0) -> int:
@@ -406,6 +414,7 @@ __all__ = [
     "StreamMessage",
     "StreamOpened",
     "StreamOversized",
+    "accept",
     "consumed",
     "fail_all",
     "open_stream",
