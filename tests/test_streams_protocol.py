@@ -41,7 +41,7 @@ def opened(window: tuple[int, int] = (4, 1000)) -> tuple[ClientProtocol, ServerP
 
 
 def test_a_stream_opens_with_the_wire_id_and_both_windows() -> None:
-    client, server, cs, ss = opened((4, 1000))
+    _client, _server, cs, ss = opened((4, 1000))
     assert ss.wire_id == WIRE_ID and ss.session == cs.session
     # The client may send 1 implicit message + the server's window.
     assert (cs.send_messages, cs.send_bytes) == (5, 1001)
@@ -66,7 +66,7 @@ def test_a_server_stream_ends_and_frees_the_session_on_both_sides() -> None:
 
 
 def test_a_server_ending_first_makes_the_client_close_its_side_too() -> None:
-    client, server, cs, ss = opened()
+    client, server, _cs, ss = opened()
     s.send_end(server, ss, 500, "boom")
     (end,) = pump(server, client)
     assert end.meta == 500 and bytes(end.body) == b"boom"
@@ -88,7 +88,7 @@ def test_a_cancelled_stream_keeps_its_session_until_the_server_ends_it() -> None
 
 
 def test_a_message_beyond_credit_is_a_protocol_error_naming_credit() -> None:
-    client, server, cs, ss = opened((2, 1000))
+    client, server, cs, _ss = opened((2, 1000))
     cs.send_messages = 100  # a client that ignores its credit
     for _ in range(4):
         s.send_message(client, cs, b"x")
@@ -97,7 +97,7 @@ def test_a_message_beyond_credit_is_a_protocol_error_naming_credit() -> None:
 
 
 def test_sending_without_credit_refuses_locally() -> None:
-    client, server, cs, ss = opened((1, 1000))
+    _client, server, _cs, ss = opened((1, 1000))
     s.send_message(server, ss, b"one")
     assert not ss.can_send
     try:
@@ -122,13 +122,13 @@ def test_a_grant_to_a_forgotten_stream_is_ignored_only_from_a_stream_peer() -> N
     fresh.receive_data(grant)
     event = fresh.next_event()
     assert type(event) is ProtocolError and event.field == "bitflags"
-    client, server, cs, ss = opened()
+    _client, server, _cs, _ss = opened()
     server.receive_data(grant)
     assert type(server.next_event()) is s.StreamIgnored
 
 
 def test_reopening_a_live_session_is_a_protocol_error() -> None:
-    client, server, cs, ss = opened()
+    _client, server, cs, _ss = opened()
     server.receive_data(
         encode_frame(
             cs.session, WIRE_ID, b"\0" * 8, flags=s.FLAG_STREAM | s.FLAG_OPEN | s.FLAG_CREDIT
