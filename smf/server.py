@@ -560,6 +560,11 @@ class Server:
         self.router.add_service(service)
         for wire_id, name in self.router.names().items():
             self.methods.name(wire_id, name)
+        streaming = getattr(service, "stream_handlers", None)  # generated: smf.stream_calls
+        if streaming is not None:
+            names = getattr(service, "method_names", {})
+            for wire_id, (kind, handler) in streaming().items():
+                self.add_stream_handler(wire_id, handler, kind, names.get(wire_id, "?"))
 
     def add_handler(self, wire_id: int, handler: Handler, name: str = "?") -> None:
         self.router.add_handler(wire_id, handler, name)

@@ -24,7 +24,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from . import streams as st
 from .context import CallContext, current_call
@@ -593,3 +593,97 @@ async def client_stream(
     except BaseException:
         call.cancel("the client stopped sending")
         raise
+
+
+# ---------------------------------------------------------------------------- typed (stubs)
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+
+
+class TypedStream(Generic[Req, Rep]):
+    """A ``StreamCall`` with typed messages (what generated client stubs return):
+    ``send`` encodes, reading decodes (``Table.GetRootAs``). ``async for`` ends when
+    the server ends with 200; leaving it early cancels the stream."""
+
+    def __init__(
+        self,
+        call: StreamCall,
+        encode: Callable[[Req], Payload],
+        decode: Callable[[bytes], Rep],
+    ) -> None:
+        self.call = call
+        self._encode = encode
+        self._decode = decode
+
+    async def send(self, message: Req) -> None:
+        await self.call.send(self._encode(message))
+
+    async def done_writing(self) -> None:
+        await self.call.done_writing()
+
+    async def read(self) -> Rep | None:
+        """The next reply, None once the stream ended cleanly."""
+        body = await self.call.read()
+        return None if body is None else self._decode(body)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    @property
+    def status(self) -> int | None:
+        """The server's final status, once it ended the stream."""
+        return self.call.status
+
+    async def __aiter__(self) -> AsyncIterator[Rep]:
+        try:
+            while True:
+                body = await self.call.read()
+                if body is None:
+                    return
+                yield self._decode(body)
+        finally:
+            if not self.call.done():
+                self.call.cancel("the client stopped reading")
+
+
+async def encoded(
+    replies: AsyncIterator[Rep], encode: Callable[[Rep], Payload]
+) -> AsyncIterator[Payload]:
+    """A handler's replies encoded; closing this closes the handler's generator (so it
+    sees ``GeneratorExit`` when the stream is cancelled)."""
+    try:
+        async for reply in replies:
+            yield encode(reply)
+    finally:
+        aclose = getattr(replies, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def decoded(
+    requests: AsyncIterator[memoryview], decode: Callable[[memoryview], Req]
+) -> AsyncIterator[Req]:
+    """A stream's requests decoded (and checked) for a handler."""
+    async for body in requests:
+        yield decode(body)
+
+
+async def client_stream_typed(
+    client: Client,
+    wire_id: int,
+    requests: Iterable[Req] | AsyncIterable[Req],
+    encode: Callable[[Req], Payload],
+    **kwargs: Any,
+) -> bytes:
+    """``client_stream`` with each request encoded."""
+
+    async def payloads() -> AsyncIterator[Payload]:
+        if isinstance(requests, AsyncIterable):
+            async for message in requests:
+                yield encode(message)
+        else:
+            for message in requests:
+                yield encode(message)
+
+    return await client_stream(client, wire_id, payloads(), **kwargs)

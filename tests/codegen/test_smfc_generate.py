@@ -167,7 +167,7 @@ FLATC_ERRORS = {
 SMFC_ERRORS = {
     "keyword_method.fbs": ["rpc_service bad.kw.Svc", "method def", "Python keyword"],
     "reserved_method.fbs": ["bad.reserved.Svc", "method method_handlers", "taken"],
-    "streaming.fbs": ["bad.stream.Svc", "method Watch", "streaming", "unary"],
+    "streaming.fbs": ["bad.stream.Svc", "method Watch", "streaming must be one of", "sometimes"],
     "keyword_type.fbs": ["table bad.kwtype.class", "keyword_type.fbs", "Python keyword"],
     "keyword_namespace.fbs": ["table bad.import.x.T", "'import' is a Python keyword"],
     "module_clash.fbs": ["bad.clash.node is both a type's module and a namespace's package"],
