@@ -108,8 +108,9 @@ class Inbox:
             finally:
                 self._waiter = None
         body = self.items.popleft()
-        if not self.conn.closed and st.consumed(self.conn.protocol, self.stream, len(body)):
-            self.conn.queued()
+        conn = self.conn
+        if not conn.closed and st.consumed(conn.protocol, self.stream, len(body)):
+            conn.queued()
         return body
 
     async def __aiter__(self) -> AsyncIterator[memoryview]:
@@ -239,9 +240,15 @@ class ServerStream(_Sender):
             await self._pump(handler(ctx, self.inbox.__aiter__()))
 
     async def _pump(self, replies: AsyncIterator[Payload]) -> None:
+        conn, stream, send = self.conn, self.stream, st.send_message
+        protocol = conn.protocol
         try:
             async for reply in replies:
-                await self._send(reply)
+                if stream.can_send and not conn._write_paused:  # no wait: no coroutine
+                    send(protocol, stream, reply)
+                    conn.queued()
+                else:
+                    await self._send(reply)
         finally:
             aclose = getattr(replies, "aclose", None)
             if aclose is not None:
@@ -436,7 +443,8 @@ class StreamCall(_Sender):
 
     async def send(self, message: Payload) -> None:
         """Send one message (waits for credit: the server's window)."""
-        await self._open()
+        if self.inbox is None:
+            await self._open()
         if self._error is not None:
             raise self._error
         await self._send(message)
@@ -452,14 +460,21 @@ class StreamCall(_Sender):
 
     async def read(self) -> bytes | None:
         """The next reply, None once the stream ended cleanly."""
-        await self._open()
-        assert self.inbox is not None
-        return await self.inbox.get()
+        inbox = self.inbox
+        if inbox is None:
+            await self._open()
+            inbox = self.inbox
+            assert inbox is not None
+        return await inbox.get()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
+            if self.inbox is None:
+                await self._open()
+            assert self.inbox is not None
+            get = self.inbox.get
             while True:
-                reply = await self.read()
+                reply = await get()
                 if reply is None:
                     return
                 yield reply

@@ -217,6 +217,18 @@ def receive(conn: _Connection, frame: Frame | OversizedFrame, server: bool) -> A
     """The stream event for ``frame`` (which has ``FLAG_STREAM`` set); raises
     ``FrameError`` (naming the field) when the peer broke the stream rules."""
     flags = frame.flags
+    if flags == FLAG_STREAM:  # a message: the fast path
+        stream = conn.streams.get(frame.session)
+        if (
+            stream is not None
+            and not stream.received_close
+            and stream.recv_messages >= 1
+            and stream.recv_bytes > 0
+            and isinstance(frame, Frame)
+        ):
+            stream.recv_messages -= 1
+            stream.recv_bytes -= frame.body.nbytes
+            return StreamMessage(stream, frame)
     kind = flags & _KIND
     opening = kind == FLAG_OPEN | FLAG_CREDIT
     if (
