@@ -330,12 +330,11 @@ def run_pair(system: str, size: int, count: int, slow: float = 0.0) -> dict[str,
             server.kill()
 
 
-def calibrate(system: str, size: int, seconds: float) -> int:
+def calibrate(system: str, size: int, seconds: float, probe: int) -> int:
     """A message count that takes about ``seconds`` for ``system``."""
-    probe = 20_000 if size < 1024 else 2_000
-    r = run_pair(system, size, probe)
+    r = run_pair(system, size, probe if size < 1024 else max(probe // 10, 1))
     rate = r["messages"] / max(r["seconds"], 1e-6)
-    return max(int(rate * seconds), 1000)
+    return max(int(rate * seconds), probe)
 
 
 def main() -> int:
@@ -349,6 +348,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="target length of a run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slow", type=float, default=10.0, help="slow-consumer seconds (0: skip)")
+    parser.add_argument("--probe", type=int, default=20_000, help="calibration messages")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.role:
@@ -356,7 +356,7 @@ def main() -> int:
         return 0
     report: dict[str, Any] = {"sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
-        counts = {system: calibrate(system, size, args.seconds) for system in SYSTEMS}
+        counts = {system: calibrate(system, size, args.seconds, args.probe) for system in SYSTEMS}
         runs: dict[str, list[float]] = {s: [] for s in SYSTEMS}
         for rep in range(args.repeats):
             order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]

@@ -260,3 +260,38 @@ async def test_sending_after_done_writing_is_refused(client: smf.Client) -> None
     with pytest.raises(RuntimeError, match="done_writing"):
         await call.send(b"late")
     assert [r async for r in call] == []
+
+
+async def test_a_client_message_above_the_servers_maximum_ends_the_stream_with_413() -> None:
+    async def count(ctx: smf.CallContext, requests: AsyncIterator[memoryview]) -> bytes:
+        n = 0
+        async for _ in requests:
+            n += 1
+        return b"%d" % n
+
+    server = smf.Server(max_body_size=1000)
+    server.add_stream_handler(7, count, "client")
+    await server.start("127.0.0.1", 0)
+    try:
+        async with smf.Client("127.0.0.1", server.port) as c:
+            with pytest.raises(smf.PayloadTooLarge, match="above the maximum of 1000"):
+                await c.client_stream(7, [b"small", b"x" * 5000, b"small"])
+            assert await c.client_stream(7, [b"a", b"b"]) == b"2"  # the connection lives on
+    finally:
+        await server.stop(grace=0.5)
+
+
+async def test_a_bad_deadline_header_on_open_is_refused_with_400(client: smf.Client) -> None:
+    call = client.server_stream(TAIL, b"3", metadata={"smf-timeout-us": "soon"})
+    with pytest.raises(smf.BadRequest, match="smf-timeout-us"):
+        await call.read()
+
+
+async def test_metadata_reaches_the_stream_handler(server: smf.Server, client: smf.Client) -> None:
+    async def whoami(ctx: smf.CallContext, request: memoryview) -> AsyncIterator[bytes]:
+        yield ctx.metadata.get("user", "?").encode()
+        yield b"deadline" if ctx.deadline is not None else b"none"
+
+    server.add_stream_handler(52, whoami, "server")
+    got = [r async for r in client.server_stream(52, b"x", metadata={"user": "ada"}, timeout=30)]
+    assert got == [b"ada", b"deadline"]
