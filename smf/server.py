@@ -210,7 +210,8 @@ class ServerConnection(Connection):
             # The peer is not reading its answers: stop reading its questions.
             server.stats.reads_paused += 1
             return False
-        if len(self.in_flight) >= server.max_in_flight_per_connection:
+        # Streams do not count: they wait for grants that only reading brings.
+        if len(self.in_flight) - len(self.protocol.streams) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
         budget = server.budget

@@ -35,8 +35,9 @@ from .errors import (
     PayloadTooLarge,
     RpcError,
 )
+from .filters.compression import compress as compress_body
 from .protocol import open_payload, parse_timeout
-from .wire import Payload, Status
+from .wire import Compression, Payload, Status
 
 if TYPE_CHECKING:
     from .client import Client, ClientConnection, Default
@@ -121,6 +122,23 @@ class Inbox:
             yield memoryview(body)
 
 
+def _message(event: st.AnyStreamEvent, max_size: int) -> bytes:
+    """A received message's bytes (copied out of the receive buffer), decompressed when
+    it is zstd or lz4 (up to ``max_size``); raises ``RpcError`` for a bad one."""
+    body: memoryview = event.body  # type: ignore[union-attr]
+    try:
+        if event.compression > 1:  # type: ignore[union-attr]
+            _, plain = open_payload(event.compression, 0, body, max_size)  # type: ignore[union-attr]
+            return bytes(plain)
+        return bytes(body)
+    except RpcError:
+        raise
+    except Exception as exc:
+        raise BadRequest(f"stream message does not decompress: {exc}") from None
+    finally:
+        body.release()
+
+
 class _Sender:
     """Waiting for credit and for the transport, then queueing a message."""
 
@@ -134,7 +152,7 @@ class _Sender:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _send(self, body: Payload) -> None:
+    async def _send(self, body: Payload, compression: int = 0) -> None:
         if not (body.nbytes if type(body) is memoryview else len(body)):
             raise ValueError("a stream message is never empty (an empty table is 4+ bytes)")
         conn, stream = self.conn, self.stream
@@ -154,7 +172,7 @@ class _Sender:
             await conn.drain()
             if conn.closed:
                 raise ConnectionLost("connection lost while sending on a stream")
-        st.send_message(conn.protocol, stream, body)
+        st.send_message(conn.protocol, stream, body, compression)
         conn.queued()
 
 
@@ -257,9 +275,10 @@ class ServerStream(_Sender):
     def on_event(self, event: st.AnyStreamEvent) -> None:
         kind = type(event)
         if kind is st.StreamMessage:
-            body = event.body  # type: ignore[union-attr]
-            self.inbox.put(bytes(body))
-            body.release()
+            try:
+                self.inbox.put(_message(event, self.conn.server.max_body_size))
+            except RpcError as exc:
+                self.inbox.fail_now(exc)
         elif kind is st.StreamCredit:
             self.credit_arrived()
         elif kind is st.StreamEnded:
@@ -441,13 +460,16 @@ class StreamCall(_Sender):
 
     # --------------------------------------------------------------- sending
 
-    async def send(self, message: Payload) -> None:
-        """Send one message (waits for credit: the server's window)."""
+    async def send(self, message: Payload, *, compress: int = 0) -> None:
+        """Send one message (waits for credit: the server's window). ``compress``:
+        ``smf.Compression.ZSTD`` or ``LZ4`` compresses it (the server decompresses)."""
         if self.inbox is None:
             await self._open()
         if self._error is not None:
             raise self._error
-        await self._send(message)
+        if compress > 1:
+            message = compress_body(Compression(compress), message)
+        await self._send(message, compress if compress > 1 else 0)
 
     async def done_writing(self) -> None:
         """Half-close: no more messages from this side."""
@@ -527,9 +549,10 @@ class StreamCall(_Sender):
         inbox = self.inbox
         assert inbox is not None
         if kind is st.StreamMessage:
-            body = event.body  # type: ignore[union-attr]
-            inbox.put(bytes(body))
-            body.release()
+            try:
+                inbox.put(_message(event, self.client.max_body_size))
+            except RpcError as exc:
+                self._end(exc, "reply does not decompress")
         elif kind is st.StreamCredit:
             self.credit_arrived()
         elif kind is st.StreamEnded:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,40 @@ async def test_metadata_reaches_the_stream_handler(server: smf.Server, client: s
     server.add_stream_handler(52, whoami, "server")
     got = [r async for r in client.server_stream(52, b"x", metadata={"user": "ada"}, timeout=30)]
     assert got == [b"ada", b"deadline"]
+
+
+async def test_more_streams_than_max_in_flight_still_flow() -> None:
+    """Streams waiting for credit must not stop the server reading the grants."""
+
+    async def tail(ctx: smf.CallContext, request: memoryview) -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield b"%d" % i
+
+    server = smf.Server(max_in_flight_per_connection=2, stream_window=(2, 1024))
+    server.add_stream_handler(TAIL, tail, "server")
+    await server.start("127.0.0.1", 0)
+    try:
+        async with smf.Client("127.0.0.1", server.port, stream_window=(2, 1024)) as c:
+            calls = [c.server_stream(TAIL, b"x") for _ in range(6)]
+            for call in calls:
+                assert await call.read() == b"0"  # all six open, each out of credit soon
+            results = await asyncio.wait_for(asyncio.gather(*(_drain(call) for call in calls)), 30)
+            assert all(len(r) == 49 for r in results)
+    finally:
+        await server.stop(grace=0.5)
+
+
+async def _drain(call: Any) -> list[bytes]:
+    return [r async for r in call]
+
+
+@pytest.mark.parametrize("algorithm", [smf.Compression.ZSTD, smf.Compression.LZ4])
+async def test_compressed_stream_messages_are_decompressed(
+    client: smf.Client, algorithm: smf.Compression
+) -> None:
+    call = client.stream(CHAT)
+    text = b"compressible " * 200
+    await call.send(text, compress=algorithm)
+    assert await call.read() == b"re:" + text
+    await call.done_writing()
+    assert await call.read() is None
