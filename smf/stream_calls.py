@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Ma
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from . import streams as st
+from . import tracing as _tracing
 from .context import CallContext, current_call
 from .errors import (
     BadRequest,
@@ -210,21 +211,14 @@ class ServerStream(_Sender):
         started = time.perf_counter_ns()
         try:
             remaining = ctx.time_remaining()
-            if remaining is None:
-                await self._serve()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("deadline passed before the stream started")
+            if _tracing.active():  # one SERVER span per stream, child of its traceparent
+                name = conn.server.methods.get(ctx.wire_id).name
+                with _tracing.server_span(name, ctx.metadata):
+                    await self._serve_within(remaining)
             else:
-                if remaining <= 0:
-                    raise DeadlineExceeded("deadline passed before the stream started")
-                timeout = asyncio.timeout(remaining)
-                try:
-                    async with timeout:
-                        await self._serve()
-                except TimeoutError:
-                    if timeout.expired():
-                        raise DeadlineExceeded(
-                            f"stream deadline of {remaining * 1e3:.1f} ms exceeded"
-                        ) from None
-                    raise
+                await self._serve_within(remaining)
         except asyncio.CancelledError:
             if conn.closed:
                 return  # nobody is left to tell
@@ -243,6 +237,21 @@ class ServerStream(_Sender):
             conn.server.methods.get(ctx.wire_id).record(
                 status, time.perf_counter_ns() - started, 0, 0
             )
+
+    async def _serve_within(self, remaining: float | None) -> None:
+        if remaining is None:
+            await self._serve()
+            return
+        timeout = asyncio.timeout(remaining)
+        try:
+            async with timeout:
+                await self._serve()
+        except TimeoutError:
+            if timeout.expired():
+                raise DeadlineExceeded(
+                    f"stream deadline of {remaining * 1e3:.1f} ms exceeded"
+                ) from None
+            raise
 
     async def _serve(self) -> None:
         kind, handler, ctx = self.kind, self.handler, self.ctx
