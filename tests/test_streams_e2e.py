@@ -5,6 +5,7 @@ stops reading, and unary calls beside streams on one connection."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -333,3 +334,30 @@ async def test_compressed_stream_messages_are_decompressed(
     assert await call.read() == b"re:" + text
     await call.done_writing()
     assert await call.read() is None
+
+
+async def test_session_ids_are_reused_safely_across_cancelled_and_finished_streams(
+    server: smf.Server,
+) -> None:
+    """Three session ids for 300 streams and unary calls, a third of the streams left
+    early: every stream still gets exactly its own messages."""
+    rng = random.Random(7)
+    async with smf.Client("127.0.0.1", server.port, max_sessions=3) as c:
+
+        async def one(i: int) -> None:
+            n = rng.randrange(1, 40)
+            stop = rng.randrange(0, n) if i % 3 == 0 else n
+            got = []
+            async for reply in c.server_stream(TAIL, b"%d" % n):
+                if len(got) == stop:
+                    break
+                got.append(reply)
+            assert got == [b"rec-%d" % k for k in range(stop)]
+            assert bytes(await c.call(ECHO, b"u%d" % i)) == b"u%d" % i
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(300))), 60)
+        for _ in range(200):
+            if c.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert c.in_flight == 0

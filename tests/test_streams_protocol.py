@@ -195,3 +195,98 @@ def test_a_receiver_never_holds_more_than_its_window(
         for event in pump(client, server):
             assert type(event) is s.StreamCredit
     assert got == to_send
+
+
+ACTIONS = (
+    "open",
+    "client_send",
+    "server_send",
+    "client_consume",
+    "server_consume",
+    "client_end",
+    "client_cancel",
+    "server_end",
+    "to_server",
+    "to_client",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(actions=st.lists(st.sampled_from(ACTIONS), max_size=80))
+def test_any_order_of_legal_moves_never_breaks_the_protocol_and_frees_every_session(
+    actions: list[str],
+) -> None:
+    """Two correct peers, any interleaving of their legal moves and of delivery (each
+    direction in order, as TCP): no protocol error, messages in order, and once both
+    sides have closed, each forgets the stream and the session is free for reuse (two
+    session ids, so reuse happens)."""
+    from smf.protocol import SessionTable
+
+    client = ClientProtocol(1 << 20, BUF, SessionTable(2))
+    server = ServerProtocol(1 << 20, BUF)
+    server.stream_window = (3, 100)
+    cs: Any = None
+    ss: Any = None
+    sent_up: list[bytes] = []
+    sent_down: list[bytes] = []
+    got_up: list[bytes] = []
+    got_down: list[bytes] = []
+    held_up: list[bytes] = []
+    held_down: list[bytes] = []
+
+    def deliver(src: Any, dst: Any) -> None:
+        nonlocal ss
+        for event in pump(src, dst):
+            assert type(event) is not ProtocolError, event
+            if type(event) is s.StreamOpened:
+                ss = event.stream
+                s.accept(server, ss)
+            elif type(event) is s.StreamMessage:
+                (held_up if dst is server else held_down).append(bytes(event.body))
+
+    for counter, action in enumerate([*actions, "finish"]):
+        if action == "open" and cs is None:
+            owner = object()
+            session = client.start_call(owner)
+            if session:
+                cs = s.open_stream(client, session, WIRE_ID, owner, 2, 50)
+                sent_up, sent_down, got_up, got_down = [], [], [], []
+                held_up, held_down = [], []
+        elif action == "client_send" and cs is not None and cs.can_send:
+            sent_up.append(b"u%d" % counter)
+            s.send_message(client, cs, sent_up[-1])
+        elif action == "server_send" and ss is not None and ss.can_send:
+            sent_down.append(b"d%d" % counter)
+            s.send_message(server, ss, sent_down[-1])
+        elif action == "client_consume" and held_down:
+            got_down.append(held_down.pop(0))
+            s.consumed(client, cs, len(got_down[-1]))
+        elif action == "server_consume" and held_up:
+            got_up.append(held_up.pop(0))
+            s.consumed(server, ss, len(got_up[-1]))
+        elif action == "client_end" and cs is not None and not cs.sent_close:
+            s.send_end(client, cs)
+        elif action == "client_cancel" and cs is not None:
+            s.send_cancel(client, cs)
+        elif action == "server_end" and ss is not None and not ss.sent_close:
+            s.send_end(server, ss, 200, "")
+        elif action == "to_server":
+            deliver(client, server)
+        elif action == "to_client":
+            deliver(server, client)
+        if action == "finish" and cs is not None:
+            deliver(client, server)  # the OPEN, if not yet
+            assert ss is not None
+            if not ss.sent_close:
+                s.send_end(server, ss, 499, "the test ends")
+        if action == "finish" or (cs is not None and ss is not None and ss.done and cs.done):
+            for _ in range(4):
+                deliver(client, server)
+                deliver(server, client)
+            if cs is not None:
+                assert cs.done and ss is not None and ss.done
+                assert got_up + held_up == sent_up[: len(got_up) + len(held_up)]
+                assert got_down + held_down == sent_down[: len(got_down) + len(held_down)]
+            assert not client.streams and not server.streams
+            assert client.in_flight == 0
+            cs = ss = None
