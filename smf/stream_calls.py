@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
@@ -410,6 +412,9 @@ class StreamCall(_Sender):
         self._timer: asyncio.TimerHandle | None = None
         self.status: int | None = None
         self.inbox: Inbox | None = None
+        # What the session table and the stream's state hold: not the call itself, so
+        # a call the application dropped is collected (and cancelled, see __del__).
+        self._handle = _Handle(self)
 
     # --------------------------------------------------------------- opening
 
@@ -447,7 +452,7 @@ class StreamCall(_Sender):
             conn, session = await self._session()
         self.conn = conn
         self.stream = st.open_stream(
-            conn.protocol, session, self.wire_id, self, self.window[0], self.window[1], prefix
+            conn.protocol, session, self.wire_id, self._handle, *self.window, prefix
         )
         self.inbox = Inbox(conn, self.stream)
         if self._request is not None:
@@ -459,11 +464,12 @@ class StreamCall(_Sender):
 
     async def _session(self) -> tuple[ClientConnection, int]:
         conn = await self.client._ready_connection()
-        session = conn.protocol.start_call(self)
+        handle = self._handle
+        session = conn.protocol.start_call(handle)
         if not session:
-            session = await conn.sessions.allocate(self)  # type: ignore[arg-type]
+            session = await conn.sessions.allocate(handle)  # type: ignore[arg-type]
         if conn.closed:
-            conn.sessions.release(session, self)
+            conn.sessions.release(session, handle)
             raise ConnectionLost(f"connection to {self.client.address} lost")
         return conn, session
 
@@ -589,6 +595,13 @@ class StreamCall(_Sender):
                 "message above the client's maximum size",
             )
 
+    def __del__(self) -> None:
+        # Dropped while open (never read to its end, never cancelled): cancel it, from
+        # the loop (a finalizer may run inside any callback), so the server stops too.
+        if self.inbox is not None and not self._finished and not self.conn.closed:
+            with contextlib.suppress(RuntimeError):  # a closed loop: a closed connection
+                self.conn.loop.call_soon(_cancel_dropped, self.conn, self.stream)
+
     # SessionTable.fail_all duck-typing: the connection is gone.
     def done(self) -> bool:
         return self._finished
@@ -604,6 +617,38 @@ class StreamCall(_Sender):
         if self.inbox is not None:
             self.inbox.fail_now(exc)
         self.credit_arrived()
+
+
+class _Handle:
+    """A client stream's entry in the session table: forwards to its call while the
+    application holds it (``SessionTable.fail_all`` calls ``done``/``set_exception``)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: StreamCall) -> None:
+        self.call = weakref.ref(call)
+
+    def on_event(self, event: st.AnyStreamEvent) -> None:
+        call = self.call()
+        if call is not None:
+            call.on_event(event)
+        elif isinstance(event, st.StreamEvent):
+            event.body.release()
+
+    def done(self) -> bool:
+        call = self.call()
+        return call is None or call.done()
+
+    def set_exception(self, exc: BaseException) -> None:
+        call = self.call()
+        if call is not None:
+            call.set_exception(exc)
+
+
+def _cancel_dropped(conn: ClientConnection, stream: st.Stream) -> None:
+    if not conn.closed and conn.protocol.streams.get(stream.session) is stream:
+        st.send_cancel(conn.protocol, stream, "the client dropped the stream")
+        conn.queued()
 
 
 def client_event(conn: ClientConnection, event: st.AnyStreamEvent) -> None:

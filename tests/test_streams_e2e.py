@@ -5,6 +5,7 @@ stops reading, and unary calls beside streams on one connection."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -361,3 +362,18 @@ async def test_session_ids_are_reused_safely_across_cancelled_and_finished_strea
                 break
             await asyncio.sleep(0.01)
         assert c.in_flight == 0
+
+
+async def test_a_stream_the_client_dropped_is_cancelled_on_the_server(
+    client: smf.Client, probe: Probe
+) -> None:
+    call = client.server_stream(FOREVER, b"10")
+    assert await call.read() is not None
+    del call  # never read to its end, never cancelled
+    gc.collect()
+    assert await asyncio.wait_for(probe.ended.get(), 10) in ("GeneratorExit", "CancelledError")
+    for _ in range(200):
+        if client.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert client.in_flight == 0
