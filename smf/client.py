@@ -8,7 +8,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from time import perf_counter_ns
@@ -41,6 +41,8 @@ from .protocol import (
     ResponseReceived,
     open_payload,
 )
+from .stream_calls import StreamCall, client_event, client_stream
+from .streams import DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES
 from .transport import Connection
 from .wire import FLAG_PAYLOAD_HEADERS, MAX_SESSION, Compression, Payload
 
@@ -252,6 +254,9 @@ class ClientConnection(Connection):
         return len(self.sessions.pending) <= 1
 
     def event_received(self, event: ResponseReceived | OversizedResponse) -> None:
+        if type(event) is not ResponseReceived and type(event) is not OversizedResponse:
+            client_event(self, event)  # type: ignore[arg-type]  # a stream's frame
+            return
         if self.peer_headers.reads is None and type(event) is ResponseReceived:
             self.peer_headers.learn(event.compression)  # "auto": from the first reply
         future = event.call  # its session is free again
@@ -350,7 +355,9 @@ class Client:
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
         payload_headers: str = "auto",
+        stream_window: tuple[int, int] = (DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES),
     ) -> None:
+        self.stream_window = stream_window
         if (unix_path is None) == (host is None or port is None):
             raise ValueError("give either host and port, or unix_path")
         self.host = host
@@ -544,6 +551,44 @@ class Client:
         else:
             body = await self._call(wire_id, payload, timeout, metadata, trailers)
         return body, trailers
+
+    def stream(
+        self,
+        wire_id: int,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> StreamCall:
+        """A bidi (or any) stream: ``await s.send(m)``, ``await s.done_writing()``,
+        ``async for reply in s``. ``timeout`` covers the whole stream (none by default);
+        ``window`` (messages, bytes) is the credit granted to the server."""
+        return StreamCall(self, wire_id, timeout=timeout, metadata=metadata, window=window)
+
+    def server_stream(
+        self,
+        wire_id: int,
+        request: Payload,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> StreamCall:
+        """A server stream: ``async for reply in client.server_stream(id, request)``."""
+        return StreamCall(
+            self, wire_id, timeout=timeout, metadata=metadata, window=window, request=request
+        )
+
+    async def client_stream(
+        self,
+        wire_id: int,
+        requests: Iterable[Payload] | AsyncIterable[Payload],
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """A client stream: sends every message of ``requests``, returns the reply."""
+        return await client_stream(self, wire_id, requests, timeout=timeout, metadata=metadata)
 
     async def _traced_call(
         self,

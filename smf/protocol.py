@@ -17,7 +17,9 @@ Zero-copy: a received body is a ``memoryview`` over the receive buffer, which is
 overwritten while a view into it lives (see ``smf.wire``). Bodies to send are queued as
 given (never copied) unless they are small (``JOIN_LIMIT``).
 
-Streams (later) keep their per-session state here, beside the session table.
+Streams keep their per-session state here (``streams``, beside the session table);
+their rules and events are in ``smf.streams``: a frame with ``FLAG_STREAM`` becomes a
+stream event there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from . import headers
+from . import streams as _streams
 from .context import ACCEPT_COMPRESSION_HEADER, TIMEOUT_HEADER
 from .errors import BadRequest, FrameError, Unsupported
 from .filters.compression import decompress
@@ -34,6 +37,7 @@ from .wire import (
     FLAG_PAYLOAD_HEADERS,
     HEADER_SIZE,
     MAX_SESSION,
+    STREAM_FLAGS,
     Compression,
     Frame,
     FrameDecoder,
@@ -50,6 +54,7 @@ of at most this much) rather than as two buffers: uvloop sends a single buffer w
 bodies are never copied."""
 
 _DISABLED: Final = int(Compression.DISABLED)
+_STREAM: Final = STREAM_FLAGS  # any of them: a stream frame, or a bad one
 
 
 class State(enum.Enum):
@@ -127,8 +132,8 @@ class ProtocolError:
         return f"ProtocolError({self.error})"
 
 
-ServerEvent = RequestReceived | OversizedRequest | ProtocolError
-ClientEvent = ResponseReceived | OversizedResponse | ProtocolError
+ServerEvent = RequestReceived | OversizedRequest | ProtocolError | _streams.AnyStreamEvent
+ClientEvent = ResponseReceived | OversizedResponse | ProtocolError | _streams.AnyStreamEvent
 
 
 # ---------------------------------------------------------------------------- payload
@@ -255,7 +260,12 @@ class _Connection:
             buffer_size=buffer_size,
             frame_type=self._frame_type,
             oversized_type=self._oversized_type,
+            known_flags=FLAG_PAYLOAD_HEADERS | STREAM_FLAGS,
         )
+        # Streams by session (smf.streams), and the window granted to a peer's stream.
+        self.streams: dict[int, _streams.Stream] = {}
+        self.streamed = False  # a stream was opened on this connection (a stream peer)
+        self.stream_window = (_streams.DEFAULT_WINDOW_MESSAGES, _streams.DEFAULT_WINDOW_BYTES)
         self.max_body_size = max_body_size
         self.buffer_size = buffer_size
         # The input side is the decoder's own (bound once: these run once per read).
@@ -267,6 +277,14 @@ class _Connection:
         self.error: FrameError | None = None
 
     # ------------------------------------------------------------------ input
+
+    def _stream_event(
+        self, event: Frame | OversizedFrame
+    ) -> _streams.AnyStreamEvent | ProtocolError:
+        try:
+            return _streams.receive(self, event, isinstance(self, ServerProtocol))
+        except FrameError as error:
+            return self._failed(error)
 
     def _failed(self, error: FrameError) -> ProtocolError:
         self.state = State.ERROR
@@ -363,6 +381,8 @@ class ServerProtocol(_Connection):
             event: ServerEvent | None = self._decoder.next_event()  # type: ignore[assignment]
         except FrameError as error:
             return self._failed(error)
+        if event is not None and event.flags & _STREAM:  # type: ignore[union-attr]
+            return self._stream_event(event)  # type: ignore[arg-type]
         return event
 
     def send_reply(
@@ -431,6 +451,8 @@ class ClientProtocol(_Connection):
         except FrameError as error:
             return self._failed(error)
         if event is not None:
+            if event.flags & _STREAM:  # type: ignore[union-attr]
+                return self._stream_event(event)  # type: ignore[arg-type]
             event.call = self.sessions.pending.pop(event.session, None)  # type: ignore[union-attr]
         return event
 

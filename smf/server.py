@@ -34,6 +34,8 @@ from .protocol import (
     parse_timeout,
 )
 from .router import Handler, Service, ServiceRouter
+from .stream_calls import StreamHandler, add_handler, server_event
+from .streams import DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES
 from .transport import GATHER_LIMIT, Connection
 from .wire import FLAG_PAYLOAD_HEADERS, HEADER_SIZE, Compression, Payload, Status
 
@@ -138,6 +140,7 @@ class ServerConnection(Connection):
             ServerProtocol(server.max_body_size, server.buffer_size), server.body_timeout
         )
         self.server = server
+        self.protocol.stream_window = server.stream_window
         self.identity: PeerIdentity | None = None
         self.refused = False
         self._partial_charge = 0
@@ -210,7 +213,8 @@ class ServerConnection(Connection):
             # The peer is not reading its answers: stop reading its questions.
             server.stats.reads_paused += 1
             return False
-        if len(self.in_flight) >= server.max_in_flight_per_connection:
+        # Streams do not count: they wait for grants that only reading brings.
+        if len(self.in_flight) - len(self.protocol.streams) >= server.max_in_flight_per_connection:
             server.stats.reads_paused += 1
             return False
         budget = server.budget
@@ -262,6 +266,9 @@ class ServerConnection(Connection):
     def event_received(self, event: RequestReceived | OversizedRequest) -> None:
         """Admit a request and start its call (``_serve``), eagerly: a handler that
         does not wait is answered before this returns, with no task made."""
+        if type(event) is not RequestReceived and type(event) is not OversizedRequest:
+            server_event(self, event)  # type: ignore[arg-type]  # a stream's frame
+            return
         server = self.server
         server.stats.requests += 1
         if type(event) is OversizedRequest:
@@ -547,7 +554,10 @@ class Server:
         idle_timeout: float | None = 600.0,
         health: bool = True,
         reflection: bool = True,
+        stream_window: tuple[int, int] = (DEFAULT_WINDOW_MESSAGES, DEFAULT_WINDOW_BYTES),
     ) -> None:
+        self.stream_window = stream_window
+        self.stream_handlers: dict[int, tuple[str, StreamHandler]] = {}
         self.max_connections = max_connections
         self.max_concurrent_handlers = max_concurrent_handlers
         self.idle_timeout = idle_timeout
@@ -578,9 +588,22 @@ class Server:
         self.services.append(service)
         for wire_id, name in self.router.names().items():
             self.methods.name(wire_id, name)
+        streaming = getattr(service, "stream_handlers", None)  # generated: smf.stream_calls
+        if streaming is not None:
+            names = getattr(service, "method_names", {})
+            for wire_id, (kind, handler) in streaming().items():
+                self.add_stream_handler(wire_id, handler, kind, names.get(wire_id, "?"))
 
     def add_handler(self, wire_id: int, handler: Handler, name: str = "?") -> None:
         self.router.add_handler(wire_id, handler, name)
+        self.methods.name(wire_id, name)
+
+    def add_stream_handler(
+        self, wire_id: int, handler: StreamHandler, kind: str, name: str = "?"
+    ) -> None:
+        """Serve a streaming method (``kind``: "server", "client" or "bidi"; the
+        handler shapes are in ``smf.stream_calls``)."""
+        add_handler(self.stream_handlers, wire_id, handler, kind)
         self.methods.name(wire_id, name)
 
     # ------------------------------------------------------------------ listening

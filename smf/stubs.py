@@ -16,6 +16,7 @@ from .context import CallContext
 from .errors import BadRequest
 from .metrics import MethodTable
 from .router import Handler, Payload
+from .stream_calls import StreamHandler, TypedStream, client_stream_typed, decoded, encoded
 from .verify import (
     OUT_OF_BOUNDS,
     U32,
@@ -32,19 +33,26 @@ __all__ = [
     "U32",
     "Buffer",
     "CallContext",
+    "Caller",
     "Client",
     "DecodeError",
     "Default",
     "EncodeError",
     "Handler",
     "Payload",
+    "StreamHandler",
+    "TypedStream",
     "VerificationError",
     "Verifier",
     "VerifyFn",
     "as_root",
     "check_request",
+    "client_stream_typed",
+    "decoded",
     "encode",
+    "encoded",
     "name_methods",
+    "streaming",
     "unpacker",
     "vtable_reader",
 ]
@@ -121,3 +129,14 @@ def name_methods(client: Caller, names: Any) -> None:
     if methods is not None:
         for wire_id, name in names.items():
             methods.name(wire_id, name)
+
+
+def streaming(caller: Caller) -> Client:
+    """The client a streaming method runs on: a stream lives on one connection, so it
+    needs an ``smf.Client`` (an ``smf.Channel`` carries unary calls)."""
+    if isinstance(caller, Client):
+        return caller
+    raise TypeError(
+        f"streaming methods need an smf.Client, not {type(caller).__name__} "
+        "(a Channel carries unary calls only)"
+    )

@@ -44,6 +44,10 @@ MAX_SESSION: Final = 0xFFFF
 
 FLAG_PAYLOAD_HEADERS: Final = 0x01
 _KNOWN_FLAGS: Final = FLAG_PAYLOAD_HEADERS
+STREAM_FLAGS: Final = 0x3E
+"""The bits of stream frames (``smf.streams``): accepted only by decoders built with
+``known_flags`` including them (our own peers), and by ``encode_header``."""
+_ENCODABLE: Final = FLAG_PAYLOAD_HEADERS | STREAM_FLAGS
 
 Payload: TypeAlias = bytes | bytearray | memoryview
 """A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
@@ -108,7 +112,7 @@ def encode_header(
         size = body.nbytes if kind is memoryview else len(body)  # type: ignore[union-attr]
         csum = _xxh64(body) & 0xFFFFFFFF  # type: ignore[arg-type]
     # One test for the usual case; _refuse names the fault.
-    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~_KNOWN_FLAGS:
+    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~_ENCODABLE:
         _refuse(size, meta, compression, flags)
     return HEADER.pack(compression, flags, session, size, csum, meta)
 
@@ -205,6 +209,7 @@ class FrameDecoder:
         skip_oversized: bool = True,
         frame_type: type[Frame] = Frame,
         oversized_type: type[OversizedFrame] = OversizedFrame,
+        known_flags: int = _KNOWN_FLAGS,
     ) -> None:
         if buffer_size < 2 * HEADER_SIZE:
             raise ValueError(f"buffer_size must be at least {2 * HEADER_SIZE}")
@@ -215,6 +220,7 @@ class FrameDecoder:
         # event types, built here at no extra cost).
         self._frame_type = frame_type
         self._oversized_type = oversized_type
+        self._unknown_flags = ~known_flags & 0xFF
         # Allocated on first read: an idle connection costs no receive buffer.
         self._buf = bytearray()
         self._view = memoryview(self._buf)
@@ -294,7 +300,7 @@ class FrameDecoder:
         compression, flags, session, size, csum, meta = HEADER.unpack_from(self._buf, start)
         # One test for the four header faults (compression & ~3 is also non-zero for a
         # negative byte); _bad_header names which.
-        if compression & ~3 or flags & ~_KNOWN_FLAGS or not size or not meta:
+        if compression & ~3 or flags & self._unknown_flags or not size or not meta:
             self._bad_header(compression, flags, size, meta)
         if size > self.max_body_size:
             if not self.skip_oversized:
@@ -350,7 +356,7 @@ class FrameDecoder:
     def _bad_header(self, compression: int, flags: int, size: int, meta: int) -> NoReturn:
         if not 0 <= compression <= 3:
             self._fail(BadCompression(compression))
-        if flags & ~_KNOWN_FLAGS:
+        if flags & self._unknown_flags:
             self._fail(BadFlags(flags))
         if size == 0:
             self._fail(BadSize(size))

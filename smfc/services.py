@@ -25,9 +25,13 @@ from .verifiers import (
 
 STUB_SUFFIX = "_smf"
 
+STREAMING_KINDS = ("none", "server", "client", "bidi")
+"""FlatBuffers' own ``streaming`` attribute of an rpc method (as flatc's gRPC generator
+reads it); ``"none"`` or absent is a unary call."""
+
 # Names the generated classes define themselves (a method may not take them).
 RESERVED_METHOD_NAMES = frozenset(
-    {"service_name", "method_handlers", "client", "verify", "verify_responses"}
+    {"service_name", "method_handlers", "stream_handlers", "client", "verify", "verify_responses"}
 )
 
 # Module-level names every stub module binds (an imported type must not shadow them).
@@ -51,6 +55,15 @@ _MODULE_NAMES = frozenset(
         "unpacker",
         "Default",
         "Verifier",
+        # imports of services with streaming methods
+        "AsyncIterable",
+        "AsyncIterator",
+        "Iterable",
+        "StreamHandler",
+        "TypedStream",
+        "client_stream_typed",
+        "decoded",
+        "encoded",
         # constants and helpers
         "METHOD_NAMES",
         "SERVICE_FQN",
@@ -94,8 +107,9 @@ def problems(schema: Schema) -> list[str]:
             ):
                 out.append(f"{at}: the name is taken by the generated classes")
             streaming = method.attributes.get("streaming", "none")
-            if streaming != "none":
-                out.append(f"{at}: streaming ({streaming!r}) is not supported, smf calls are unary")
+            if streaming not in STREAMING_KINDS:
+                kinds = ", ".join(f'"{k}"' for k in STREAMING_KINDS)
+                out.append(f"{at}: streaming must be one of {kinds}, not {streaming!r}")
             wire_id = service.wire_id(method)
             owner = f"{service.name}.{method.name}"
             if wire_id in owners:
@@ -121,6 +135,8 @@ class _MethodView:
     client_doc: str
     server_returns: str  # rendered lines: the server method's return annotation
     client_request: str  # and the client method's request parameter
+    streaming: str = "none"  # "server", "client", "bidi" (STREAMING_KINDS)
+    stream_lines: dict[str, str] = field(default_factory=dict)  # rendered, streams only
 
 
 @dataclass
@@ -139,6 +155,26 @@ class _ServiceView:
     verifiers: list[str] = field(default_factory=list)  # rendered functions and union maps
     vtable_readers: list[str] = field(default_factory=list)  # the fast verifiers' constants
     catches: bool = False  # a verifier catches VerificationError (to name a vector element)
+
+    @property
+    def has_streams(self) -> bool:
+        return any(m.streaming != "none" for m in self.methods)
+
+    @property
+    def stream_imports(self) -> tuple[str, str]:
+        """What a module with streaming methods imports from ``collections.abc`` and
+        from ``smf.stubs`` (exactly what its kinds of methods use)."""
+        kinds = {m.streaming for m in self.methods}
+        abc = {"AsyncIterator", "Mapping"}
+        names = {"StreamHandler", "streaming"}
+        if kinds & {"server", "bidi"}:
+            names |= {"TypedStream", "encoded"}
+        if kinds & {"client", "bidi"}:
+            names.add("decoded")
+        if "client" in kinds:
+            abc |= {"AsyncIterable", "Iterable"}
+            names.add("client_stream_typed")
+        return ", ".join(sorted(abc)), ", ".join(sorted(names))
 
 
 def docstring(lines: Iterable[str], indent: str = "") -> str:
@@ -240,8 +276,11 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
                         ",",
                     )
                 ),
+                streaming=m.attributes.get("streaming", "none"),
             )
         )
+        if methods[-1].streaming != "none":
+            methods[-1].stream_lines = _stream_lines(methods[-1])
     view = _ServiceView(
         source_file=service.declaration_file,
         fqn=service.name,
@@ -296,6 +335,22 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
                 seen.add(table)
                 view.encoders.append((f"_encode_{table}", table, table_t))
     return view
+
+
+def _stream_lines(m: _MethodView) -> dict[str, str]:
+    """The annotations of a streaming method's signatures, laid out as ruff would."""
+    request = f"{m.request} | {m.request_t} | Payload"
+    response = f"{m.response} | {m.response_t} | Payload"
+    any_iterable = f"Iterable[{request}] | AsyncIterable[{request}]"
+    lines = {
+        "server_requests": parameter(" " * 8, "requests", f"AsyncIterator[{m.request}]", ","),
+        "server_gen_returns": parenthesized("    ", ") -> ", f"AsyncIterator[{response}]", ":"),
+        "client_requests": parameter(" " * 8, "requests", any_iterable, ","),
+        "client_stream_returns": parenthesized(
+            "    ", ") -> ", f"TypedStream[{request}, {m.response}]", ":"
+        ),
+    }
+    return {key: "\n".join(value) for key, value in lines.items()}
 
 
 def _signature(service: Service, method: Method) -> str:

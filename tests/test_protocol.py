@@ -197,7 +197,7 @@ def test_encode_header_refuses_what_a_decoder_refuses() -> None:
     with pytest.raises(BadCompression):
         encode_header(1, 1, b"x", compression=4)
     with pytest.raises(BadFlags):
-        encode_header(1, 1, b"x", flags=2)
+        encode_header(1, 1, b"x", flags=0x40)  # bits 1-5 are stream bits (smf.streams)
     with pytest.raises(struct.error):
         encode_header(MAX_SESSION + 1, 1, b"x")
     with pytest.raises(struct.error):

@@ -309,3 +309,26 @@ async def test_no_spans_and_no_traceparent_without_a_provider(net: Any) -> None:
     server = await net.server({META: (meta, "Trace.meta")})
     client = await net.client(server)
     assert bytes(await client.call(META, b"x")) == b"[]"  # no payload headers at all
+
+
+async def test_a_stream_gets_one_server_span_child_of_its_traceparent(
+    spans: InMemorySpanExporter,
+) -> None:
+    async def tail(ctx: smf.CallContext, request: memoryview) -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    server = smf.Server()
+    server.add_stream_handler(0x0E0F0010, tail, "server", "T.Tail")
+    await server.start("127.0.0.1", 0)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        async with smf.Client("127.0.0.1", server.port) as client:
+            call = client.server_stream(0x0E0F0010, b"x", metadata={TRACEPARENT_HEADER: parent})
+            assert [r async for r in call] == [b"a", b"b"]
+    finally:
+        await server.stop(grace=0.5)
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "T.Tail"]
+    assert span.kind is SpanKind.SERVER
+    assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331

@@ -8,7 +8,7 @@
     admin    --bootstrap HOST:PORT describe [--json]
     admin    --bootstrap HOST:PORT health
     produce  --bootstrap HOST:PORT --topic T --partition N [VALUE ...]   (else stdin lines)
-    consume  --bootstrap HOST:PORT --topic T --partition N --from OFFSET [--count N]
+    consume  --bootstrap HOST:PORT --topic T --partition N --from OFFSET [--count N] [--follow]
 
 ``cluster`` prints ``cluster ready: ...`` once every node listens and a controller leader
 is elected. The client commands wait up to ``--timeout`` (10 s) for a bootstrap node to
@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N records, waiting for them up to --timeout (default: read up to "
         "the high watermark and stop)",
     )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing records as they commit, pushed by the leader over a stream "
+        "(until --count records, or interrupted)",
+    )
     return parser
 
 
@@ -270,6 +276,14 @@ async def _produce(args: argparse.Namespace, client: BrokerClient) -> int:
 
 
 async def _consume(args: argparse.Namespace, client: BrokerClient) -> int:
+    if args.follow:
+        printed = 0
+        async for record_offset, value in client.follow(args.topic, args.partition, args.offset):
+            print(f"{record_offset} {_show(value)}", flush=True)
+            printed += 1
+            if args.count is not None and printed >= args.count:
+                break
+        return 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.timeout
     offset = args.offset

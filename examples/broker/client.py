@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any, Final, Generic, TypeVar
@@ -437,6 +437,13 @@ class BrokerClient:
                 raise CorruptRecord(answered, off, crc, actual)
             records.append((off, value))
         return FetchResult(records, hw, answered)
+
+    def follow(self, topic: str, partition: int, offset: int) -> AsyncIterator[tuple[int, bytes]]:
+        """``(offset, value)`` of each committed record from ``offset`` on, pushed by the
+        leader as it commits (a server stream; see ``follow.py``), until you stop."""
+        from .follow import follow
+
+        return follow(self, topic, partition, offset)
 
     async def leader_address(self, topic: str, partition: int) -> str | None:
         """The partition's leader as last seen by this client (None when unknown)."""

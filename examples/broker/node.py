@@ -34,7 +34,7 @@ from typing import Any
 
 import smf
 
-from . import codec, raft
+from . import codec, follow, raft
 from .log import KIND_DATA, SegmentedLog
 from .tls import TlsFiles
 
@@ -217,6 +217,7 @@ class Group:
                         fut.set_exception(LeadershipLost())
             if self.group_id == CONTROLLER and entry.kind == KIND_DATA:
                 self.node.apply_controller(entry)
+        follow.committed(self)  # wake the consumers following this partition
 
     def _leadership_changed(self) -> None:
         if self.raft.is_leader or not self.waiters:
@@ -513,6 +514,7 @@ class Node:
         self.outbox = Outbox(self)
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"fsync-{node_id}")
         self.server = smf.Server([ReplicationService(self), AdminService(self), DataService(self)])
+        follow.register(self.server, self)  # consume --follow: a server stream
         self.started = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -1,4 +1,5 @@
-"""The SmfStorage demo server (idl/demo.fbs): Get and Put echo the request's name.
+"""The SmfStorage demo server (idl/demo.fbs): Get and Put echo the request's name, Watch
+streams it back ten times.
 
     python examples/demo/server.py --host 127.0.0.1 --port 7000
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 
@@ -40,6 +42,12 @@ class Storage(SmfStorage):
 
     async def Put(self, request: Request, ctx: smf.CallContext) -> ResponseT:
         return ResponseT(name=request.Name())
+
+    async def Watch(self, request: Request, ctx: smf.CallContext) -> AsyncIterator[ResponseT]:
+        # A server stream: an async generator; the client reads with ``async for``.
+        name = (request.Name() or b"").decode()
+        for i in range(10):
+            yield ResponseT(name=f"{name} #{i}")
 
 
 async def serve(host: str, port: int) -> None:

@@ -2,7 +2,7 @@
 # ruff: noqa: E501, I001, RUF100
 """smf stubs for ``rpc_service smf_gen.demo.SmfStorage``.
 
-A toy key-value store: both methods echo the request's name.
+A toy key-value store: Get and Put echo the request's name.
 
 The server side is ``SmfStorage``: subclass it, override the methods you serve and pass an instance
 to ``smf.Server.add_service``. The client side is ``SmfStorageClient``, over an ``smf.Client``.
@@ -10,7 +10,7 @@ to ``smf.Server.add_service``. The client side is ``SmfStorageClient``, over an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 from smf.stubs import (
@@ -28,6 +28,7 @@ from smf.stubs import (
     unpacker,
     vtable_reader,
 )
+from smf.stubs import StreamHandler, TypedStream, encoded, streaming
 
 from smf_gen.demo.Request import Request, RequestT
 from smf_gen.demo.Response import Response, ResponseT
@@ -47,11 +48,17 @@ Put_METHOD_ID: Final = 4204284524
 Put_WIRE_ID: Final = 4130483528
 """``SERVICE_ID ^ Put_METHOD_ID``: a request's ``meta``."""
 
+Watch_METHOD_ID: Final = 1542632531
+"""``crc32("Watch:smf_gen::demo::Request:smf_gen::demo::Response")``."""
+Watch_WIRE_ID: Final = 1465439095
+"""``SERVICE_ID ^ Watch_METHOD_ID``: a request's ``meta``."""
+
 METHOD_NAMES: Final[Mapping[int, str]] = {
     wire_id: f"{SERVICE_NAME}.{method}"
     for wire_id, method in [
         (Get_WIRE_ID, "Get"),
         (Put_WIRE_ID, "Put"),
+        (Watch_WIRE_ID, "Watch"),
     ]
 }
 
@@ -90,6 +97,18 @@ class SmfStorage:
         """``Put(Request): Response``."""
         raise _unimplemented(Put_WIRE_ID)
 
+    async def Watch(
+        self,
+        request: Request,
+        ctx: CallContext,
+    ) -> AsyncIterator[Response | ResponseT | Payload]:
+        """``Watch(Request): Response``.
+
+        A server stream: the request's name back ten times, numbered ("name #0" ...).
+        """
+        raise _unimplemented(Watch_WIRE_ID)
+        yield b""  # an async generator: it yields the replies
+
     def method_handlers(self) -> Mapping[int, Handler]:
         """Wire id -> handler: decodes the request, calls the method, encodes its result."""
 
@@ -114,6 +133,24 @@ class SmfStorage:
         return {
             Get_WIRE_ID: handle_Get,
             Put_WIRE_ID: handle_Put,
+        }
+
+    def stream_handlers(self) -> Mapping[int, tuple[str, StreamHandler]]:
+        """Wire id -> (kind, handler) of the streaming methods (``smf.stream_calls``)."""
+
+        def decode_Watch(body: memoryview) -> Request:
+            check_request(body, verify_Request if self.verify else None)
+            return Request.GetRootAs(body, 0)
+
+        def handle_Watch(
+            ctx: CallContext,
+            body: memoryview,
+        ) -> AsyncIterator[Payload]:
+            replies = self.Watch(decode_Watch(body), ctx)
+            return encoded(replies, _encode_Response)
+
+        return {
+            Watch_WIRE_ID: ("server", handle_Watch),
         }
 
 
@@ -160,6 +197,33 @@ class SmfStorageClient:
         if self.verify_responses:
             Verifier(body).root(verify_Response)
         return Response.GetRootAs(body, 0)
+
+    def Watch(
+        self,
+        request: Request | RequestT | Payload,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> TypedStream[Request | RequestT | Payload, Response]:
+        """``Watch(Request): Response``.
+
+        A server stream: the request's name back ten times, numbered ("name #0" ...).
+        """
+
+        def decode(body: bytes) -> Response:
+            if self.verify_responses:
+                Verifier(body).root(verify_Response)
+            return Response.GetRootAs(body, 0)
+
+        call = streaming(self.client).server_stream(
+            Watch_WIRE_ID,
+            _encode_Request(request),
+            timeout=timeout,
+            metadata=metadata,
+            window=window,
+        )
+        return TypedStream(call, _encode_Request, decode)
 
 
 def _unimplemented(wire_id: int) -> NotImplementedError:
