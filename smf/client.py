@@ -636,9 +636,11 @@ class Client:
             if prefix and not conn.peer_headers.reads:  # only to a server that reads them
                 prefix = await conn.peer_headers.admit(self, prefix, t)
             sent = True  # (or being sent: outgoing filters count as the exchange)
-            if self.filters:  # they may be slow: the deadline covers them
-                if entry is None and t is not None:
-                    entry = conn.deadlines.add(asyncio.current_task(), t)
+            if entry is None and t is not None and (self.filters or prefix):
+                # Before the send: filters may be slow, and a deadline that travels
+                # (in prefix) must run out here before it does at the server.
+                entry = conn.deadlines.add(asyncio.current_task(), t)
+            if self.filters:
                 await self._send_filtered(conn, session, wire_id, prefix, payload)
             else:
                 conn.protocol.send_request(session, wire_id, payload, prefix=prefix)

@@ -247,31 +247,28 @@ class SessionTable:
 # ---------------------------------------------------------------------------- connections
 
 
-class _Connection:
-    """What both sides share: the decoder, the state and the outgoing buffers."""
+class _Connection(FrameDecoder):
+    """What both sides share. The receive side is a ``FrameDecoder`` (``get_buffer``,
+    ``buffer_updated``, ``receive_data``; ``idle``, ``mid_frame``, ``buffered``,
+    ``allocated``), whose ``next_event`` each side wraps into its own events; the send
+    side queues frames (``_send``) until ``data_to_send``."""
 
     _frame_type: type[Frame] = Frame
     _oversized_type: type[OversizedFrame] = OversizedFrame
 
     def __init__(self, max_body_size: int, buffer_size: int) -> None:
-        self.state = State.OPEN
-        self._decoder = decoder = FrameDecoder(
+        super().__init__(
             max_body_size,
             buffer_size=buffer_size,
             frame_type=self._frame_type,
             oversized_type=self._oversized_type,
             known_flags=FLAG_PAYLOAD_HEADERS | STREAM_FLAGS,
         )
+        self.state = State.OPEN
         # Streams by session (smf.streams), and the window granted to a peer's stream.
         self.streams: dict[int, _streams.Stream] = {}
         self.streamed = False  # a stream was opened on this connection (a stream peer)
         self.stream_window = (_streams.DEFAULT_WINDOW_MESSAGES, _streams.DEFAULT_WINDOW_BYTES)
-        self.max_body_size = max_body_size
-        self.buffer_size = buffer_size
-        # The input side is the decoder's own (bound once: these run once per read).
-        self.get_buffer = decoder.get_buffer
-        self.buffer_updated = decoder.buffer_updated
-        self.receive_data = decoder.receive_data
         self._out: list[Payload] = []
         self.bytes_to_send = 0
         self.error: FrameError | None = None
@@ -291,34 +288,8 @@ class _Connection:
         self.error = error
         return ProtocolError(error)
 
-    @property
-    def more_buffered(self) -> bool:
-        """Another frame's header has arrived: ``next_event`` is not done yet."""
-        return self._decoder.header_buffered
-
-    @property
-    def idle(self) -> bool:
-        """No partial frame buffered or being skipped."""
-        return self._decoder.idle
-
-    @property
-    def mid_frame(self) -> bool:
-        """Part of a frame has arrived but not all of it (for stall timeouts)."""
-        return self._decoder.mid_frame
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as events."""
-        return self._decoder.buffered
-
-    @property
-    def allocated(self) -> int:
-        """Bytes of the receive buffer held now."""
-        return self._decoder.allocated
-
-    @property
-    def buffers_allocated(self) -> int:
-        return self._decoder.buffers_allocated
+    more_buffered = FrameDecoder.header_buffered
+    """Another frame's header has arrived: ``next_event`` is not done yet."""
 
     # ------------------------------------------------------------------ output
 
@@ -372,13 +343,13 @@ class ServerProtocol(_Connection):
     _frame_type = RequestReceived
     _oversized_type = OversizedRequest
 
-    def next_event(self) -> ServerEvent | None:
+    def next_event(self) -> ServerEvent | None:  # type: ignore[override]
         """The next request (or oversized request, or protocol error); None until more
         bytes arrive (and always after a protocol error or ``close``)."""
         if self.state is not State.OPEN:
             return None
         try:
-            event: ServerEvent | None = self._decoder.next_event()  # type: ignore[assignment]
+            event: ServerEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
         except FrameError as error:
             return self._failed(error)
         if event is not None and event.flags & _STREAM:  # type: ignore[union-attr]
@@ -441,13 +412,13 @@ class ClientProtocol(_Connection):
     """``send_request(session, wire_id, body, compression=0, flags=0, prefix=b"")``:
     queue a request on ``session`` (from ``start_call``); returns its size on the wire."""
 
-    def next_event(self) -> ClientEvent | None:
+    def next_event(self) -> ClientEvent | None:  # type: ignore[override]
         """The next response, its session freed and ``call`` set; None until more bytes
         arrive (and always after a protocol error or ``close``)."""
         if self.state is not State.OPEN:
             return None
         try:
-            event: ClientEvent | None = self._decoder.next_event()  # type: ignore[assignment]
+            event: ClientEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
         except FrameError as error:
             return self._failed(error)
         if event is not None:
