@@ -7,23 +7,34 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .context import CallContext
 from .router import Handler, Payload
 
 
 class LazyService:
-    """An ``smf.Service`` whose handlers are built by ``build()`` on the first call."""
+    """An ``smf.Service`` whose handlers come from ``build()`` (the generated service,
+    implemented), called on the first call of any of its methods."""
 
     service_name: str
     service_fqn: str
-    method_names: Mapping[int, str]  # wire id -> "Service.Method"
+    method_names: Mapping[int, str]  # wire id -> "Service.Method", every method
+    stream_kinds: Mapping[int, str] = {}  # wire id -> "server"/"client"/"bidi"
 
     def __init__(self) -> None:
-        self._handlers: Mapping[int, Handler] | None = None
+        self._built: tuple[Mapping[int, Handler], Mapping[int, tuple[str, Any]]] | None = None
 
-    def build(self) -> Mapping[int, Handler]:
+    def build(self) -> Any:
+        """The generated service class, implemented and instantiated."""
         raise NotImplementedError
+
+    def _handlers(self) -> tuple[Mapping[int, Handler], Mapping[int, tuple[str, Any]]]:
+        if self._built is None:
+            service = self.build()
+            streams = service.stream_handlers() if self.stream_kinds else {}
+            self._built = (service.method_handlers(), streams)
+        return self._built
 
     @property
     def schema_bfbs(self) -> Path | None:
@@ -41,11 +52,19 @@ class LazyService:
     def method_handlers(self) -> Mapping[int, Handler]:
         def lazy(wire_id: int) -> Handler:
             async def handler(ctx: CallContext, body: memoryview) -> Payload:
-                if self._handlers is None:
-                    self._handlers = self.build()
-                return await self._handlers[wire_id](ctx, body)
+                return await self._handlers()[0][wire_id](ctx, body)
 
             handler.__name__ = self.method_names[wire_id].rpartition(".")[2]
             return handler
 
-        return {wire_id: lazy(wire_id) for wire_id in self.method_names}
+        unary = (w for w in self.method_names if w not in self.stream_kinds)
+        return {wire_id: lazy(wire_id) for wire_id in unary}
+
+    def stream_handlers(self) -> Mapping[int, tuple[str, Any]]:
+        def lazy(wire_id: int) -> Any:
+            def handler(ctx: CallContext, arg: Any) -> Any:
+                return self._handlers()[1][wire_id][1](ctx, arg)
+
+            return handler
+
+        return {wire_id: (kind, lazy(wire_id)) for wire_id, kind in self.stream_kinds.items()}

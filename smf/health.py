@@ -10,30 +10,34 @@ service (it follows the server's status unless set on its own), any other name s
 calls in flight drain (health checks are still answered then; other new calls get 503),
 and later ``set_status`` calls are ignored until ``resume()``.
 
-``Watch`` (a stream of changes) waits for streams in smf.
+``Watch`` (a server stream) sends a service's status at once, then each change (a
+watcher that reads slowly sees the latest status, not every intermediate one), until the
+caller ends the stream or the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .builtin import LazyService
 
 if TYPE_CHECKING:
     from .context import CallContext
-    from .router import Handler
     from .server import Server
 
 log = logging.getLogger("smf.health")
 
-__all__ = ["CHECK_WIRE_ID", "HealthService", "ServingStatus", "install"]
+__all__ = ["CHECK_WIRE_ID", "WATCH_WIRE_ID", "HealthService", "ServingStatus", "install"]
 
 CHECK_WIRE_ID: Final = 1323399238
 """``smf_rpc.health.Health_smf.Check_WIRE_ID`` (a test checks), answered even while the
 server drains."""
+WATCH_WIRE_ID: Final = 1502767353
+"""``smf_rpc.health.Health_smf.Watch_WIRE_ID`` (a test checks)."""
 
 
 class ServingStatus(enum.IntEnum):
@@ -52,7 +56,11 @@ class HealthService(LazyService):
 
     service_name = "Health"
     service_fqn = "smf_rpc.health.Health"
-    method_names: Mapping[int, str] = {CHECK_WIRE_ID: "Health.Check"}
+    method_names: Mapping[int, str] = {
+        CHECK_WIRE_ID: "Health.Check",
+        WATCH_WIRE_ID: "Health.Watch",
+    }
+    stream_kinds: Mapping[int, str] = {WATCH_WIRE_ID: "server"}
 
     def __init__(self, server: Server) -> None:
         super().__init__()
@@ -60,6 +68,24 @@ class HealthService(LazyService):
         self._overall = ServingStatus.SERVING
         self._statuses: dict[str, ServingStatus] = {}
         self.shut_down = False
+        self._changed: asyncio.Event | None = None  # set (and replaced) on every change
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def watch(self, service: str = "") -> AsyncIterator[ServingStatus]:
+        """``service``'s status now, then each time it changes."""
+        last = None
+        while True:
+            status = self.status(service)
+            if status != last:
+                last = status
+                yield status
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
 
     def set_status(self, service: str, status: ServingStatus | int) -> None:
         """Set ``service``'s status (``""``: the server's). Ignored after ``shutdown()``."""
@@ -71,10 +97,12 @@ class HealthService(LazyService):
             self._statuses[service] = status
         else:
             self._overall = status
+        self._notify()
 
     def clear_status(self, service: str) -> None:
         """Let ``service`` follow the server's status again."""
         self._statuses.pop(service, None)
+        self._notify()
 
     def status(self, service: str = "") -> ServingStatus:
         """What ``Check`` answers for ``service``."""
@@ -95,14 +123,16 @@ class HealthService(LazyService):
         for name in self._statuses:
             self._statuses[name] = ServingStatus.NOT_SERVING
         self.shut_down = True
+        self._notify()
 
     def resume(self) -> None:
         """Undo ``shutdown()``: the server and its services answer SERVING."""
         self.shut_down = False
         self._overall = ServingStatus.SERVING
         self._statuses.clear()
+        self._notify()
 
-    def build(self) -> Mapping[int, Handler]:
+    def build(self) -> Any:
         from smf_rpc.health.Health_smf import Health
         from smf_rpc.health.HealthCheckRequest import HealthCheckRequest
         from smf_rpc.health.HealthCheckResponse import HealthCheckResponseT
@@ -115,7 +145,15 @@ class HealthService(LazyService):
                 service = name.decode("utf-8", "replace") if isinstance(name, bytes) else ""
                 return HealthCheckResponseT(status=int(outer.status(service)))
 
-        return Implementation().method_handlers()
+            async def Watch(
+                self, request: HealthCheckRequest, ctx: CallContext
+            ) -> AsyncIterator[Any]:
+                name = request.Service()
+                service = name.decode("utf-8", "replace") if isinstance(name, bytes) else ""
+                async for status in outer.watch(service):
+                    yield HealthCheckResponseT(status=int(status))
+
+        return Implementation()
 
 
 def _fqn(service: object) -> str:

@@ -23,7 +23,6 @@ from .router import Payload
 
 if TYPE_CHECKING:
     from .context import CallContext
-    from .router import Handler
     from .server import Server
 
 __all__ = ["ReflectionService", "schema_bytes", "schema_of"]
@@ -88,7 +87,7 @@ class ReflectionService(LazyService):
         super().__init__()
         self._server = server
 
-    def build(self) -> Mapping[int, Handler]:
+    def build(self) -> Any:
         from smf_rpc.reflection.ListServicesRequest import ListServicesRequest
         from smf_rpc.reflection.SchemaRequest import SchemaRequest
         from smf_rpc.reflection.ServerReflection_smf import ServerReflection
@@ -103,7 +102,7 @@ class ReflectionService(LazyService):
                 raw = request.Service()
                 return outer.get_schema(raw.decode("utf-8", "replace") if raw else "")
 
-        return Implementation().method_handlers()
+        return Implementation()
 
     def list_services(self) -> Any:
         from smf_rpc.reflection.ListServicesResponse import ListServicesResponseT

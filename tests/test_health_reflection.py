@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import smf
-from smf.health import CHECK_WIRE_ID, ServingStatus
+from smf.health import CHECK_WIRE_ID, WATCH_WIRE_ID, ServingStatus
 from smf.reflection import schema_bytes
 from smf_rpc.health import ServingStatus as GeneratedStatus
 from smf_rpc.health.Health_smf import HealthClient
@@ -92,6 +92,45 @@ async def test_stop_flips_health_to_not_serving_and_still_answers_it_while_drain
     assert await _status(client) is ServingStatus.NOT_SERVING
     assert (await slow).Name() == b"0.5"  # the call in flight finished
     await stopping
+
+
+async def test_watch_sends_the_status_then_each_change_and_not_serving_on_stop(
+    served: tuple[smf.Server, smf.Client],
+) -> None:
+    server, client = served
+    assert server.health is not None
+    seen: list[ServingStatus] = []
+    watch = HealthClient(client).Watch(HealthCheckRequestT(service="SmfStorage"), timeout=30)
+
+    async def follow() -> None:
+        async for reply in watch:
+            seen.append(ServingStatus(reply.Status()))
+            if len(seen) == 4:
+                break
+
+    following = asyncio.ensure_future(follow())
+
+    async def until(n: int) -> None:
+        for _ in range(500):
+            if len(seen) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"watch saw {seen}, expected {n} updates")
+
+    await until(1)
+    server.health.set_status("SmfStorage", ServingStatus.NOT_SERVING)
+    await until(2)
+    server.health.set_status("Other", ServingStatus.NOT_SERVING)  # not this service
+    server.health.clear_status("SmfStorage")  # follows the server again: SERVING
+    await until(3)
+    await server.stop(grace=1)  # NOT_SERVING first, while calls drain
+    await asyncio.wait_for(following, 10)
+    assert seen == [
+        ServingStatus.SERVING,
+        ServingStatus.NOT_SERVING,
+        ServingStatus.SERVING,
+        ServingStatus.NOT_SERVING,
+    ]
 
 
 def _request(name: str) -> bytes:
@@ -177,6 +216,7 @@ def test_builtin_wire_ids_are_the_generated_ones() -> None:
     from smf_rpc.reflection import ServerReflection_smf
 
     assert Health_smf.Check_WIRE_ID == CHECK_WIRE_ID
+    assert Health_smf.Watch_WIRE_ID == WATCH_WIRE_ID
     assert ServerReflection_smf.ListServices_WIRE_ID == reflection.LIST_SERVICES_WIRE_ID
     assert ServerReflection_smf.GetSchema_WIRE_ID == reflection.GET_SCHEMA_WIRE_ID
     server = smf.Server()

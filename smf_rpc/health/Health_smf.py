@@ -2,15 +2,13 @@
 # ruff: noqa: E501, I001, RUF100
 """smf stubs for ``rpc_service smf_rpc.health.Health``.
 
-`Watch` (a stream of status changes) waits for streams in smf.
-
 The server side is ``Health``: subclass it, override the methods you serve and pass an instance to
 ``smf.Server.add_service``. The client side is ``HealthClient``, over an ``smf.Client``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 from smf.stubs import (
@@ -28,6 +26,7 @@ from smf.stubs import (
     unpacker,
     vtable_reader,
 )
+from smf.stubs import StreamHandler, TypedStream, encoded, streaming
 
 from smf_rpc.health.HealthCheckRequest import HealthCheckRequest, HealthCheckRequestT
 from smf_rpc.health.HealthCheckResponse import HealthCheckResponse, HealthCheckResponseT
@@ -42,10 +41,16 @@ Check_METHOD_ID: Final = 2274844259
 Check_WIRE_ID: Final = 1323399238
 """``SERVICE_ID ^ Check_METHOD_ID``: a request's ``meta``."""
 
+Watch_METHOD_ID: Final = 2430881500
+"""``crc32("Watch:smf_rpc::health::HealthCheckRequest:smf_rpc::health::HealthCheckResponse")``."""
+Watch_WIRE_ID: Final = 1502767353
+"""``SERVICE_ID ^ Watch_METHOD_ID``: a request's ``meta``."""
+
 METHOD_NAMES: Final[Mapping[int, str]] = {
     wire_id: f"{SERVICE_NAME}.{method}"
     for wire_id, method in [
         (Check_WIRE_ID, "Check"),
+        (Watch_WIRE_ID, "Watch"),
     ]
 }
 
@@ -76,6 +81,18 @@ class Health:
         """``Check(HealthCheckRequest): HealthCheckResponse``."""
         raise _unimplemented(Check_WIRE_ID)
 
+    async def Watch(
+        self,
+        request: HealthCheckRequest,
+        ctx: CallContext,
+    ) -> AsyncIterator[HealthCheckResponse | HealthCheckResponseT | Payload]:
+        """``Watch(HealthCheckRequest): HealthCheckResponse``.
+
+        The service's status now, then each change, until the caller ends the stream.
+        """
+        raise _unimplemented(Watch_WIRE_ID)
+        yield b""  # an async generator: it yields the replies
+
     def method_handlers(self) -> Mapping[int, Handler]:
         """Wire id -> handler: decodes the request, calls the method, encodes its result."""
 
@@ -90,6 +107,24 @@ class Health:
 
         return {
             Check_WIRE_ID: handle_Check,
+        }
+
+    def stream_handlers(self) -> Mapping[int, tuple[str, StreamHandler]]:
+        """Wire id -> (kind, handler) of the streaming methods (``smf.stream_calls``)."""
+
+        def decode_Watch(body: memoryview) -> HealthCheckRequest:
+            check_request(body, verify_HealthCheckRequest if self.verify else None)
+            return HealthCheckRequest.GetRootAs(body, 0)
+
+        def handle_Watch(
+            ctx: CallContext,
+            body: memoryview,
+        ) -> AsyncIterator[Payload]:
+            replies = self.Watch(decode_Watch(body), ctx)
+            return encoded(replies, _encode_HealthCheckResponse)
+
+        return {
+            Watch_WIRE_ID: ("server", handle_Watch),
         }
 
 
@@ -122,6 +157,33 @@ class HealthClient:
         if self.verify_responses:
             Verifier(body).root(verify_HealthCheckResponse)
         return HealthCheckResponse.GetRootAs(body, 0)
+
+    def Watch(
+        self,
+        request: HealthCheckRequest | HealthCheckRequestT | Payload,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> TypedStream[HealthCheckRequest | HealthCheckRequestT | Payload, HealthCheckResponse]:
+        """``Watch(HealthCheckRequest): HealthCheckResponse``.
+
+        The service's status now, then each change, until the caller ends the stream.
+        """
+
+        def decode(body: bytes) -> HealthCheckResponse:
+            if self.verify_responses:
+                Verifier(body).root(verify_HealthCheckResponse)
+            return HealthCheckResponse.GetRootAs(body, 0)
+
+        call = streaming(self.client).server_stream(
+            Watch_WIRE_ID,
+            _encode_HealthCheckRequest(request),
+            timeout=timeout,
+            metadata=metadata,
+            window=window,
+        )
+        return TypedStream(call, _encode_HealthCheckRequest, decode)
 
 
 def _unimplemented(wire_id: int) -> NotImplementedError:
