@@ -633,13 +633,13 @@ class Client:
                     entry = self._deadlines().add(asyncio.current_task(), t)
                 conn, sessions, future, session = await self._start_call(conn, future)
             assert conn is not None and future is not None
+            sent = True  # (or being sent: the probe and outgoing filters count as the exchange)
+            if entry is None and t is not None and (self.filters or prefix):
+                # Before the send: filters and the probe may be slow, and a deadline that
+                # travels (in prefix) must run out here before it does at the server.
+                entry = conn.deadlines.add(asyncio.current_task(), t)
             if prefix and not conn.peer_headers.reads:  # only to a server that reads them
                 prefix = await conn.peer_headers.admit(self, prefix, t)
-            sent = True  # (or being sent: outgoing filters count as the exchange)
-            if entry is None and t is not None and (self.filters or prefix):
-                # Before the send: filters may be slow, and a deadline that travels
-                # (in prefix) must run out here before it does at the server.
-                entry = conn.deadlines.add(asyncio.current_task(), t)
             if self.filters:
                 await self._send_filtered(conn, session, wire_id, prefix, payload)
             else:
