@@ -23,6 +23,7 @@ from .context import (
     CallContext,
     current_call,
 )
+from .eager import current_task
 from .errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -639,14 +640,14 @@ class Client:
             if entry is None and t is not None and (self.filters or prefix):
                 # Before the send: filters may be slow, and a deadline that travels
                 # (in prefix) must run out here before it does at the server.
-                entry = conn.deadlines.add(asyncio.current_task(), t)
+                entry = conn.deadlines.add(current_task(conn.loop), t)
             if self.filters:
                 await self._send_filtered(conn, session, wire_id, prefix, payload)
             else:
                 conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
                 conn.queued()
             if entry is None and t is not None:  # after the write: off the round trip
-                entry = conn.deadlines.add(asyncio.current_task(), t)
+                entry = conn.deadlines.add(current_task(conn.loop), t)
             self.stats.calls += 1
             event: ResponseReceived = await future
             status, body = event.meta, event.body

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from . import tracing as _tracing
 from .context import CallContext, PeerIdentity, current_call
-from .eager import start_eager, task_of
+from .eager import current_task, start_eager, task_of
 from .errors import DeadlineExceeded, RpcError
 from .filters.base import Filter, Message, run_chain
 from .health import install as install_builtin
@@ -438,8 +438,7 @@ class ServerConnection(Connection):
         it had one."""
         if not self.in_flight:
             return False
-        # With the loop given, current_task() skips get_running_loop()'s getpid().
-        task = task_of(asyncio.current_task(self.loop))
+        task = task_of(current_task(self.loop))
         if task not in self.in_flight:
             return False
         self.in_flight.discard(task)
