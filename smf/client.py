@@ -23,6 +23,7 @@ from .context import (
     CallContext,
     current_call,
 )
+from .eager import current_task
 from .errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -637,7 +638,7 @@ class Client:
             if entry is None and t is not None and (self.filters or prefix):
                 # Before the send: filters and the probe may be slow, and a deadline that
                 # travels (in prefix) must run out here before it does at the server.
-                entry = conn.deadlines.add(asyncio.current_task(), t)
+                entry = conn.deadlines.add(current_task(conn.loop), t)
             if prefix and not conn.peer_headers.reads:  # only to a server that reads them
                 prefix = await conn.peer_headers.admit(self, prefix, t)
             if self.filters:
@@ -646,7 +647,7 @@ class Client:
                 conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
                 conn.queued()
             if entry is None and t is not None:  # after the write: off the round trip
-                entry = conn.deadlines.add(asyncio.current_task(), t)
+                entry = conn.deadlines.add(current_task(conn.loop), t)
             self.stats.calls += 1
             event: ResponseReceived = await future
             status, body = event.meta, event.body

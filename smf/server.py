@@ -8,16 +8,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from time import perf_counter_ns
-from types import TracebackType
+from types import CoroutineType, TracebackType
+from typing import Any
 
 from . import tracing as _tracing
 from .context import CallContext, PeerIdentity, current_call
-from .eager import start_eager, task_of
+from .eager import current_task, run_eager, task_of
 from .errors import DeadlineExceeded, RpcError
 from .filters.base import Filter, Message, run_chain
 from .health import install as install_builtin
@@ -130,8 +131,28 @@ def _outcome(result: object) -> tuple[int, Payload]:
     return Status.INTERNAL_ERROR, b"handler returned an empty body"
 
 
+class _Filtered:
+    """A reply as the outgoing filters left it (``status`` None: a filter dropped it)."""
+
+    __slots__ = ("body", "compression", "flags", "status")
+
+    def __init__(
+        self, status: int | None, body: Payload = b"", compression: int = 0, flags: int = 0
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.compression = compression
+        self.flags = flags
+
+
+async def _awaiting(awaitable: Awaitable[Any]) -> Any:
+    """A coroutine awaiting what a plain-function handler returned."""
+    return await awaitable
+
+
 class ServerConnection(Connection):
-    """One client's connection: admits requests and sees each call through ``_serve``."""
+    """One client's connection: admits requests and sees each call through to its
+    reply (``event_received`` -> the handler, run eagerly -> ``_answer``)."""
 
     protocol: ServerProtocol
 
@@ -264,8 +285,9 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ requests
 
     def event_received(self, event: RequestReceived | OversizedRequest) -> None:
-        """Admit a request and start its call (``_serve``), eagerly: a handler that
-        does not wait is answered before this returns, with no task made."""
+        """Admit a request and start its call, eagerly: a handler that does not wait
+        runs with no coroutine around it and is answered (``_answer``) before this
+        returns, with no task made."""
         if type(event) is not RequestReceived and type(event) is not OversizedRequest:
             server_event(self, event)  # type: ignore[arg-type]  # a stream's frame
             return
@@ -297,19 +319,55 @@ class ServerConnection(Connection):
             return
         assert handler is not None
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
+        ctx = CallContext(self.peer, event.meta, event.session, peer_identity=self.identity)
         # A copy of the connection's own context, not of the current one: a request
         # pulled when another handler ends runs inside that handler's task and
         # context, and must not see (or change) its context variables.
-        call = self._serve(handler, event, cost, perf_counter_ns())
+        context = self._base_context.copy()
+        started = perf_counter_ns()
+        # The coroutine that runs the call up to its outcome: the handler's own (called
+        # in the call's context: a plain-function handler may set context variables),
+        # or one around it when filters apply (``_filtered``: they see the payload
+        # headers first) or a deadline or tracing does (``_invoke``).
+        call: Coroutine[Any, Any, Any]
         try:
-            handle = start_eager(self.loop, call, self._base_context.copy())
+            if server.filters:
+                call = self._filtered(handler, ctx, event)
+            else:
+                body = event.body
+                if event.compression > _DISABLED or event.flags:
+                    ctx.metadata, body = open_payload(
+                        event.compression, event.flags, body, server.max_body_size
+                    )
+                    timeout = parse_timeout(ctx.metadata)
+                    if timeout is not None:
+                        ctx.deadline = time.monotonic() + timeout
+                context.run(current_call.set, ctx)  # the call's own context: no reset
+                if ctx.deadline is not None or _tracing.active():
+                    call = self._invoke(handler, ctx, body)
+                else:
+                    awaitable = context.run(handler, ctx, body)
+                    # Any awaitable will do, as with await.
+                    is_coro = type(awaitable) is CoroutineType
+                    call = awaitable if is_coro else _awaiting(awaitable)  # type: ignore[assignment]
+        except (Exception, asyncio.CancelledError) as exc:  # bad payload headers, or
+            # a plain-function handler that raised: answered as if raised inside it
+            self._answer(None, exc, ctx, event, size, cost, started, True)
+            return
+        try:
+            done, value = run_eager(
+                self.loop, call, context, self._answer, ctx, event, size, cost, started, False
+            )
+            if done:  # returned in its first step (3.11), the usual case: answer now
+                self._answer(value, None, ctx, event, size, cost, started, True)
+                return
         except Exception:
-            # _serve answers everything it can; this is a bug in smf. Answer and carry
+            # _answer answers everything it can; this is a bug in smf. Answer and carry
             # on: a request's failure must not take down its connection.
             log.exception("serving %s failed", server.methods.get(event.meta).name)
             self.reply(event.session, Status.INTERNAL_ERROR, "internal error in smf server")
             return
-        task = task_of(handle) if handle is not None else None
+        task = task_of(value) if value is not None else None
         if task is not None:  # it waits: its task carries it on, holding its request
             server.budget.charge(cost)
             self.in_flight.add(task)
@@ -331,64 +389,91 @@ class ServerConnection(Connection):
             )
         return None
 
-    async def _serve(
-        self, handler: Handler, request: RequestReceived, cost: int, started_ns: int
+    def _answer(
+        self,
+        result: object,
+        error: BaseException | None,
+        ctx: CallContext,
+        request: RequestReceived,
+        size_in: int,
+        cost: int,
+        started_ns: int,
+        inline: bool,
     ) -> None:
-        """One call, in order: incoming filters -> payload headers -> deadline ->
-        handler -> outcome -> outgoing filters -> reply. Every error becomes a status
-        in ``_failure``; every call is answered (unless a filter drops it). The budget
-        holds ``cost`` only while the call has a task (once it waited)."""
-        filters = self.server.filters
-        size_in = request.body.nbytes  # now: the handler may release its request
-        ctx = CallContext(self.peer, request.meta, request.session, peer_identity=self.identity)
-        compression, flags, body = request.compression, request.flags, request.body
+        """A call ended (``run_eager``'s ``then``, or ``inline`` when it returned in its
+        first step or failed before it ran): ``result`` or ``error`` becomes the reply
+        (every error a status, in ``_failure``), the call is recorded and its request
+        let go. ``_filtered`` hands over the reply as the outgoing filters left it. The
+        budget holds ``cost`` only while the call has a task (once it waited).
+        ``size_in`` was read before the handler ran: it may release its request."""
         waited = False
         try:
-            try:
-                if filters:
-                    message = Message(compression, flags, ctx.session, ctx.wire_id, body)
-                    filtered = await run_chain(filters, True, message, self)
-                    if filtered is None:
-                        return  # dropped by a filter: no answer
-                    compression, flags = filtered.compression, filtered.flags
-                    body = memoryview(filtered.body)  # a new view of the same bytes
-                if compression > _DISABLED or flags:
-                    ctx.metadata, body = open_payload(
-                        compression, flags, body, self.server.max_body_size
-                    )
-                    timeout = parse_timeout(ctx.metadata)
-                    if timeout is not None:
-                        ctx.deadline = time.monotonic() + timeout
-                current_call.set(ctx)  # this call's own context: no reset needed
-                if ctx.deadline is None and not _tracing.active():
-                    result = await handler(ctx, body)
-                else:
-                    result = await self._invoke(handler, ctx, body)
-                status, result = _outcome(result)
-            except (Exception, asyncio.CancelledError) as exc:
-                status, result = self._failure(exc, ctx.wire_id)
             # Before replying (alone() looks at in_flight); a call has a task only if
             # it waited, and then in_flight holds it.
-            waited = bool(self.in_flight) and self._forget_own_task()
+            if not inline and self.in_flight:
+                waited = self._forget_own_task()
             compression = flags = 0
-            # The handler's trailing metadata, if the caller reads payload headers.
             prefix = b""
-            if ctx.trailing_metadata and request.flags & FLAG_PAYLOAD_HEADERS:
-                prefix = encode_metadata(ctx.trailing_metadata)
-            if filters:
-                out = await self._filter_reply(ctx, request.compression, status, result, prefix)
-                waited |= self._forget_own_task()  # the outgoing filters may have waited
-                if out is None:
-                    return  # dropped by a filter
-                status, result, compression, flags, prefix = *out, b""
-            size_out = self.reply(ctx.session, status, result, compression, flags, prefix)
+            if type(result) is _Filtered:
+                if result.status is None:
+                    return  # dropped by a filter: no answer
+                status, body = result.status, result.body
+                compression, flags = result.compression, result.flags
+            else:
+                if error is None:
+                    try:
+                        status, body = _outcome(result)
+                    except Exception as exc:
+                        status, body = self._failure(exc, ctx.wire_id)
+                else:
+                    status, body = self._failure(error, ctx.wire_id)
+                # The handler's trailing metadata, if the caller reads payload headers.
+                if ctx.trailing_metadata and request.flags & FLAG_PAYLOAD_HEADERS:
+                    prefix = encode_metadata(ctx.trailing_metadata)
+            size_out = self.reply(ctx.session, status, body, compression, flags, prefix)
             self.server.methods.get(ctx.wire_id).record(
                 status, perf_counter_ns() - started_ns, size_in, size_out
             )
         finally:
-            if self.in_flight:
-                waited |= self._forget_own_task()
-            self._finish(request.body, cost if waited else 0)
+            # Released once the reply is handed to the transport (it may be the request
+            # itself, as in an echo): a handler that kept the request past its return
+            # then fails loudly instead of reading reused memory.
+            self.release_after_flush(request.body)
+            if waited:
+                self.server.budget.refund(cost)
+            if self._reading_paused:
+                self.resume_pulling()
+
+    async def _filtered(
+        self, handler: Handler, ctx: CallContext, request: RequestReceived
+    ) -> _Filtered:
+        """A call on a server with filters, up to its reply: incoming filters ->
+        payload headers -> deadline -> handler -> outcome -> outgoing filters."""
+        filters = self.server.filters
+        compression, flags, body = request.compression, request.flags, request.body
+        try:
+            message = Message(compression, flags, ctx.session, ctx.wire_id, body)
+            filtered = await run_chain(filters, True, message, self)
+            if filtered is None:
+                return _Filtered(None)  # dropped by a filter: no answer
+            compression, flags = filtered.compression, filtered.flags
+            body = memoryview(filtered.body)  # a new view of the same bytes
+            if compression > _DISABLED or flags:
+                ctx.metadata, body = open_payload(
+                    compression, flags, body, self.server.max_body_size
+                )
+                timeout = parse_timeout(ctx.metadata)
+                if timeout is not None:
+                    ctx.deadline = time.monotonic() + timeout
+            current_call.set(ctx)  # this call's own context: no reset needed
+            status, result = _outcome(await self._invoke(handler, ctx, body))
+        except (Exception, asyncio.CancelledError) as exc:
+            status, result = self._failure(exc, ctx.wire_id)
+        prefix = b""
+        if ctx.trailing_metadata and request.flags & FLAG_PAYLOAD_HEADERS:
+            prefix = encode_metadata(ctx.trailing_metadata)
+        out = await self._filter_reply(ctx, request.compression, status, result, prefix)
+        return _Filtered(None) if out is None else _Filtered(*out)
 
     async def _filter_reply(
         self, ctx: CallContext, compression_in: int, status: int, result: Payload, prefix: bytes
@@ -438,8 +523,7 @@ class ServerConnection(Connection):
         it had one."""
         if not self.in_flight:
             return False
-        # With the loop given, current_task() skips get_running_loop()'s getpid().
-        task = task_of(asyncio.current_task(self.loop))
+        task = task_of(current_task(self.loop))
         if task not in self.in_flight:
             return False
         self.in_flight.discard(task)
@@ -448,6 +532,8 @@ class ServerConnection(Connection):
 
     async def _invoke(self, handler: Handler, ctx: CallContext, body: memoryview) -> Payload:
         """The handler under its deadline and/or a tracing span."""
+        if ctx.deadline is None and not _tracing.active():
+            return await handler(ctx, body)
         if not _tracing.active():
             return await _run_with_deadline(handler, ctx, body)
         name = self.server.methods.get(ctx.wire_id).name
@@ -455,16 +541,6 @@ class ServerConnection(Connection):
             if ctx.deadline is None:
                 return await handler(ctx, body)
             return await _run_with_deadline(handler, ctx, body)
-
-    def _finish(self, body: memoryview, cost: int) -> None:
-        # Released once the reply is handed to the transport (it may be the request
-        # itself, as in an echo): a handler that kept the request past its return
-        # then fails loudly instead of reading reused memory.
-        self.release_after_flush(body)
-        if cost:
-            self.server.budget.refund(cost)
-        if self._reading_paused:
-            self.resume_pulling()
 
     # ------------------------------------------------------------------ replies
 

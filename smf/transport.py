@@ -67,6 +67,7 @@ class Connection(asyncio.BufferedProtocol):
         self.get_buffer = protocol.get_buffer  # type: ignore[method-assign]
         self._gated = type(self).can_pull is not Connection.can_pull
         self._after_pull_hooked = type(self)._after_pull is not Connection._after_pull
+        self._buffers_seen = -1  # protocol.buffers_allocated when _after_pull last ran
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -139,7 +140,9 @@ class Connection(asyncio.BufferedProtocol):
         return False
 
     def _after_pull(self) -> None:
-        """Called after every pull (subclasses account for what stays buffered)."""
+        """Called after a pull when the protocol has taken a new receive buffer since
+        the last call (subclasses account for the memory it holds: ``allocated`` changes
+        only then)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -171,7 +174,8 @@ class Connection(asyncio.BufferedProtocol):
                     # Nothing buffered, nothing paused, nothing that could hold us back:
                     # done without asking the protocol again (once per read).
                     break
-            if self._after_pull_hooked:
+            if self._after_pull_hooked and protocol.buffers_allocated != self._buffers_seen:
+                self._buffers_seen = protocol.buffers_allocated
                 self._after_pull()
         finally:
             self._pulling = False
