@@ -415,6 +415,7 @@ class StreamCall(_Sender):
         # What the session table and the stream's state hold: not the call itself, so
         # a call the application dropped is collected (and cancelled, see __del__).
         self._handle = _Handle(self)
+        self._span: Any = None  # the CLIENT span (tracing active), ended with the stream
 
     # --------------------------------------------------------------- opening
 
@@ -428,6 +429,7 @@ class StreamCall(_Sender):
             await self._do_open()
         except BaseException as exc:
             self._error = exc if isinstance(exc, Exception) else ConnectionLost(repr(exc))
+            self._end_span(self._error)
             self._opening.set_exception(self._error)
             self._opening.exception()  # retrieved: raised to every opener
             self._finished = True
@@ -441,8 +443,15 @@ class StreamCall(_Sender):
         t = self.timeout
         parent = current_call.get()
         prefix = b""
-        if parent is not None or self.metadata or t is not None:
-            t, _, prefix = _call_headers(parent, self.metadata, t, t is not None)
+        metadata = self.metadata
+        if _tracing.active():  # one CLIENT span per stream, parent of the server's
+            carrier = dict(metadata) if metadata else {}
+            self._span = _tracing.start_client_span(
+                client.methods.get_or_add(self.wire_id).name, carrier
+            )
+            metadata = carrier
+        if parent is not None or metadata or t is not None:
+            t, _, prefix = _call_headers(parent, metadata, t, t is not None)
         if t is not None:
             timeout = t
             self._timer = asyncio.get_running_loop().call_later(t, self._expire, timeout)
@@ -543,10 +552,16 @@ class StreamCall(_Sender):
         self.client.stats.timeouts += 1
         self._end(DeadlineExceeded(f"stream deadline of {timeout}s exceeded (client)"), "deadline")
 
+    def _end_span(self, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            _tracing.end_span(span, error)
+
     def _end(self, error: BaseException, reason: str) -> None:
         if self._finished:
             return
         self._finished = True
+        self._end_span(error)
         self._error = self._send_error = error
         if self._timer is not None:
             self._timer.cancel()
@@ -585,6 +600,7 @@ class StreamCall(_Sender):
             if error is not None and status == st.CANCELLED_STATUS:
                 error = Cancelled(text)
             self._send_error = error or RuntimeError("send after the stream ended")
+            self._end_span(error)
             inbox.finish(error)
             self.credit_arrived()
         elif kind is st.StreamOversized:
@@ -598,6 +614,7 @@ class StreamCall(_Sender):
     def __del__(self) -> None:
         # Dropped while open (never read to its end, never cancelled): cancel it, from
         # the loop (a finalizer may run inside any callback), so the server stops too.
+        self._end_span(Cancelled("the client dropped the stream"))
         if self.inbox is not None and not self._finished and not self.conn.closed:
             with contextlib.suppress(RuntimeError):  # a closed loop: a closed connection
                 self.conn.loop.call_soon(_cancel_dropped, self.conn, self.stream)
@@ -610,6 +627,7 @@ class StreamCall(_Sender):
         if self._finished:
             return
         self._finished = True
+        self._end_span(exc)
         self._error = self._send_error = exc
         if self._timer is not None:
             self._timer.cancel()
