@@ -206,3 +206,42 @@ async def test_a_client_compression_filter_compresses_its_stream_messages(
     srv = server.methods.get(CHAT)
     assert srv.messages_in == 5
     assert srv.bytes_in < len(big)  # five messages, compressed, below one plain one
+
+
+async def test_stream_messages_are_exported_to_prometheus(
+    serve: Callable[..., Awaitable[smf.Server]],
+) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from smf.prometheus import MetricsExporter
+
+    server = await serve()
+    async with smf.Client("127.0.0.1", server.port) as client:
+        client.methods.name(TAIL, "T.Tail")
+        assert len([r async for r in client.server_stream(TAIL, b"3")]) == 3
+        exporter = MetricsExporter(servers={"s": server}, clients={"c": client})
+        port = exporter.start_http_server(0)
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return str(resp.read().decode())
+
+        try:
+            text = await asyncio.to_thread(scrape)
+        finally:
+            await asyncio.to_thread(exporter.stop_http_server)
+    values = {
+        (s.name, s.labels.get("server") or s.labels.get("client"), s.labels["direction"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.endswith("_stream_messages_total") and s.labels.get("method") == "T.Tail"
+    }
+    assert values == {
+        ("smf_server_stream_messages_total", "s", "in"): 1,
+        ("smf_server_stream_messages_total", "s", "out"): 3,
+        ("smf_client_stream_messages_total", "c", "in"): 3,
+        ("smf_client_stream_messages_total", "c", "out"): 1,
+    }
