@@ -275,6 +275,7 @@ class ServerStream(_Sender):
         self.inbox = Inbox(conn, stream, self._incoming if self.filters else None)
         self.accept = offered(0, ctx.metadata)  # smf-accept-compression in the OPEN frame
         self.cancelled_by_peer = False
+        self.started = False
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -284,7 +285,12 @@ class ServerStream(_Sender):
         status: int = Status.OK
         message = ""
         started = time.perf_counter_ns()
+        self.started = True
         try:
+            if self.cancelled_by_peer:
+                # Cancelled before this task first ran (a CANCEL right behind the OPEN):
+                # a task cancelled then would never run this body, nor send the END.
+                raise asyncio.CancelledError
             remaining = ctx.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the stream started")
@@ -393,7 +399,7 @@ class ServerStream(_Sender):
         elif kind is st.StreamCancelled:
             self.cancelled_by_peer = True
             self.inbox.finish(Cancelled("cancelled by the client"))
-            if self.task is not None:
+            if self.task is not None and self.started:
                 self.task.cancel()
         elif kind is st.StreamOversized:
             size = event.size  # type: ignore[union-attr]
@@ -528,6 +534,10 @@ class StreamCall(_Sender):
             await self._do_open()
         except BaseException as exc:
             self._error = exc if isinstance(exc, Exception) else ConnectionLost(repr(exc))
+            if self.inbox is not None and not self._finished:
+                # Opened, but its request did not go (an outgoing filter raised): the
+                # server must not wait for it.
+                self._end(self._error, "the client could not send its request")
             self._end_span(self._error)
             self._opening.set_exception(self._error)
             self._opening.exception()  # retrieved: raised to every opener

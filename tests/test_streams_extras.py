@@ -72,6 +72,11 @@ class Refuse(Filter):
             raise smf.RpcError("refused by the client's filter", 403)
         return message
 
+    async def outgoing(self, message: Message, side: FilterSide) -> Message | None:
+        if b"nope" in bytes(message.body):
+            raise smf.RpcError("not sent by the client's filter", 403)
+        return message
+
 
 CHAT, TAIL = 0x5EA0001, 0x5EA0002
 SIZE = 4096
@@ -245,3 +250,37 @@ async def test_stream_messages_are_exported_to_prometheus(
         ("smf_client_stream_messages_total", "c", "in"): 3,
         ("smf_client_stream_messages_total", "c", "out"): 1,
     }
+
+
+async def test_a_server_stream_whose_request_a_filter_refuses_is_cancelled_on_the_server(
+    serve: Callable[..., Awaitable[smf.Server]],
+) -> None:
+    server = await serve()
+    async with smf.Client("127.0.0.1", server.port, filters=[Refuse()]) as client:
+        with pytest.raises(smf.RpcError, match="not sent by the client's filter"):
+            async for _ in client.server_stream(TAIL, b"nope"):
+                pass
+        # The OPEN went, then a CANCEL right behind it (in the same write): the server
+        # ends the stream with 499 even though its task never ran before the CANCEL.
+        stats = server.methods.get(TAIL)
+        async with asyncio.timeout(5):
+            while stats.statuses.get(499) != 1:
+                await asyncio.sleep(0.01)
+        assert [bytes(r) async for r in client.server_stream(TAIL, b"0")] == []
+
+
+async def test_a_cancel_right_behind_the_open_is_answered_with_499(
+    serve: Callable[..., Awaitable[smf.Server]],
+) -> None:
+    server = await serve()
+    async with smf.Client("127.0.0.1", server.port) as client:
+        call = client.stream(CHAT)
+        await call.send(b"x")
+        call.cancel()  # OPEN, message and CANCEL leave in one write
+        stats = server.methods.get(CHAT)
+        async with asyncio.timeout(5):
+            while stats.statuses.get(499) != 1:
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):  # the END arrived: the client forgot the stream
+            while call.conn.protocol.streams:
+                await asyncio.sleep(0.01)
