@@ -32,7 +32,13 @@ class BadCompression(FrameError):
 
 class BadFlags(FrameError):
     def __init__(self, value: int) -> None:
-        super().__init__("bitflags", value, "unknown bits set (only bit 0 is defined)")
+        super().__init__(
+            "bitflags",
+            value,
+            "unknown bits or a combination not allowed here (defined: bit 0 payload headers; "
+            "bits 1-5 STREAM, OPEN, END, CANCEL, CREDIT on a stream, once the client opened "
+            "one: see docs/streams.md)",
+        )
 
 
 class BadSize(FrameError):

@@ -65,9 +65,21 @@ class LatencyRecorder:
 
 
 class MethodStats:
-    """Calls of one method on one side: by status, bytes, and latency in µs."""
+    """Calls of one method on one side: by status, bytes, and latency in µs. A stream
+    is one call (recorded when it ends, with its final status and duration); each of
+    its messages also counts in ``messages_in``/``messages_out`` and in the bytes (as
+    sent on the wire)."""
 
-    __slots__ = ("bytes_in", "bytes_out", "latency_us", "name", "statuses", "wire_id")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "latency_us",
+        "messages_in",
+        "messages_out",
+        "name",
+        "statuses",
+        "wire_id",
+    )
 
     def __init__(self, wire_id: int, name: str) -> None:
         self.wire_id = wire_id
@@ -75,6 +87,8 @@ class MethodStats:
         self.statuses: dict[int, int] = {}
         self.bytes_in = 0
         self.bytes_out = 0
+        self.messages_in = 0  # stream messages received
+        self.messages_out = 0  # stream messages sent
         self.latency_us = LatencyRecorder()
 
     def record(self, status: int, latency_ns: int, bytes_in: int, bytes_out: int) -> None:

@@ -76,6 +76,7 @@ class _MethodRow:
     statuses: dict[int, int]
     recorder: LatencyRecorder
     fresh: dict[int, int]  # drained on the loop thread, folded on the scraper's
+    messages: tuple[int, int] = (0, 0)  # stream messages (in, out)
 
 
 @dataclass
@@ -92,7 +93,23 @@ def _named(items: Sequence[T] | Mapping[str, T]) -> dict[str, T]:
 
 
 def _rows(table: MethodTable) -> list[_MethodRow]:
-    return [_MethodRow(m.name, dict(m.statuses), m.latency_us, m.latency_us.drain()) for m in table]
+    return [
+        _MethodRow(
+            m.name,
+            dict(m.statuses),
+            m.latency_us,
+            m.latency_us.drain(),
+            (m.messages_in, m.messages_out),
+        )
+        for m in table
+    ]
+
+
+def _stream_messages(family: CounterMetricFamily, name: str, row: _MethodRow) -> None:
+    """A method's stream messages, by direction (only for methods that streamed)."""
+    if row.messages != (0, 0):
+        family.add_metric([name, row.name, "in"], row.messages[0])
+        family.add_metric([name, row.name, "out"], row.messages[1])
 
 
 class MetricsExporter:
@@ -192,6 +209,11 @@ class MetricsExporter:
         latency = HistogramMetricFamily(
             "smf_server_latency_seconds", "Server-side request latency", labels=[*srv, "method"]
         )
+        server_messages = CounterMetricFamily(
+            "smf_server_stream_messages",
+            "Stream messages received and sent",
+            labels=[*srv, "method", "direction"],
+        )
         for name, st, running, rows in snap.servers:
             conns.add_metric([name], st.connections_open)
             accepted.add_metric([name], st.connections_accepted)
@@ -205,11 +227,12 @@ class MetricsExporter:
             for row in rows:
                 for status, n in sorted(row.statuses.items()):
                     requests.add_metric([name, row.name, str(status)], n)
+                _stream_messages(server_messages, name, row)
                 row.recorder.fold(row.fresh)
                 buckets, total = _buckets(row.recorder.totals)
                 latency.add_metric([name, row.name], buckets, total)
         yield from (conns, accepted, in_flight, bad, stalled, no_route, too_large, bytes_io)
-        yield from (requests, latency)
+        yield from (requests, latency, server_messages)
 
         cli = ["client"]
         calls = CounterMetricFamily(
@@ -222,16 +245,22 @@ class MetricsExporter:
         late = CounterMetricFamily(
             "smf_client_late_replies", "Replies after timeout/cancel", labels=cli
         )
+        client_messages = CounterMetricFamily(
+            "smf_client_stream_messages",
+            "Stream messages received and sent",
+            labels=[*cli, "method", "direction"],
+        )
         for name, cst, rows in snap.clients:
             timeouts.add_metric([name], cst.timeouts)
             late.add_metric([name], cst.late_replies)
             for row in rows:
                 for status, n in sorted(row.statuses.items()):
                     calls.add_metric([name, row.name, str(status)], n)
+                _stream_messages(client_messages, name, row)
                 row.recorder.fold(row.fresh)
                 buckets, total = _buckets(row.recorder.totals)
                 client_latency.add_metric([name, row.name], buckets, total)
-        yield from (calls, client_latency, timeouts, late)
+        yield from (calls, client_latency, timeouts, late, client_messages)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

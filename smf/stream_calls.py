@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from . import streams as st
@@ -38,12 +38,14 @@ from .errors import (
     PayloadTooLarge,
     RpcError,
 )
+from .filters.base import Filter, Message, run_chain
 from .filters.compression import compress as compress_body
-from .protocol import open_payload, parse_timeout
+from .protocol import offered, open_payload, parse_timeout
 from .wire import Compression, Payload, Status
 
 if TYPE_CHECKING:
     from .client import Client, ClientConnection, Default
+    from .metrics import MethodStats
     from .server import ServerConnection
     from .transport import Connection
 
@@ -67,19 +69,30 @@ _END: Any = object()
 
 class Inbox:
     """Messages received on one stream, waiting for the application; consuming one
-    grants credit back to the peer (``smf.streams.consumed``)."""
+    grants credit back to the peer (``smf.streams.consumed``). With ``chain`` (the
+    side's incoming filters), each message is kept as received, with its compression,
+    and goes through ``chain`` as the application takes it (``None``: dropped)."""
 
-    def __init__(self, conn: Connection, stream: st.Stream) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        stream: st.Stream,
+        chain: Callable[[int, bytes], Awaitable[bytes | None]] | None = None,
+    ) -> None:
         self.conn = conn
         self.stream = stream
+        self.chain = chain
+        self.compressions: collections.deque[int] = collections.deque()
         self.items: collections.deque[bytes] = collections.deque()
         self.closed = False  # no more messages will come
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, body: bytes) -> None:
+    def put(self, body: bytes, compression: int = 0) -> None:
         if not self.closed:
             self.items.append(body)
+            if self.chain is not None:
+                self.compressions.append(compression)
             self._wake()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -91,6 +104,7 @@ class Inbox:
     def fail_now(self, error: BaseException) -> None:
         """End at once: what is queued is dropped and ``error`` raised next."""
         self.items.clear()
+        self.compressions.clear()
         self.closed = False
         self.finish(error)
 
@@ -101,6 +115,16 @@ class Inbox:
 
     async def get(self) -> bytes | None:
         """The next message; None at a clean end; raises the stream's error."""
+        chain = self.chain
+        while True:
+            body = await self._take()
+            if chain is None or body is None:
+                return body
+            filtered = await chain(self.compressions.popleft(), body)
+            if filtered is not None:
+                return filtered
+
+    async def _take(self) -> bytes | None:
         while not self.items:
             if self.closed:
                 if self.error is not None:
@@ -130,16 +154,46 @@ def _message(event: st.AnyStreamEvent, max_size: int) -> bytes:
     it is zstd or lz4 (up to ``max_size``); raises ``RpcError`` for a bad one."""
     body: memoryview = event.body  # type: ignore[union-attr]
     try:
-        if event.compression > 1:  # type: ignore[union-attr]
-            _, plain = open_payload(event.compression, 0, body, max_size)  # type: ignore[union-attr]
+        return _plain(event.compression, body, max_size)  # type: ignore[union-attr]
+    finally:
+        body.release()
+
+
+def _plain(compression: int, body: Payload, max_size: int) -> bytes:
+    """``body`` as bytes, decompressed when ``compression`` is zstd or lz4."""
+    try:
+        if compression > 1:
+            _, plain = open_payload(compression, 0, memoryview(body), max_size)
             return bytes(plain)
         return bytes(body)
     except RpcError:
         raise
     except Exception as exc:
         raise BadRequest(f"stream message does not decompress: {exc}") from None
-    finally:
-        body.release()
+
+
+async def _filter_in(
+    filters: list[Filter],
+    side: Any,
+    stream: st.Stream,
+    meta: int,
+    compression: int,
+    body: bytes,
+    max_size: int,
+) -> bytes | None:
+    """A received message through ``filters`` (incoming), then decompressed if a
+    filter left it compressed; None if a filter dropped it."""
+    message = await run_chain(
+        filters, True, Message(compression, 0, stream.session, meta, body), side
+    )
+    if message is None:
+        return None
+    return _plain(message.compression, message.body, max_size)
+
+
+def _received(stats: MethodStats, event: st.AnyStreamEvent) -> None:
+    stats.messages_in += 1
+    stats.bytes_in += event.body.nbytes  # type: ignore[union-attr]
 
 
 class _Sender:
@@ -147,6 +201,9 @@ class _Sender:
 
     conn: Connection
     stream: st.Stream
+    stats: MethodStats
+    filters: list[Filter]
+    accept: frozenset[int] = frozenset()  # what the peer offered (a server's replies)
     _credit: asyncio.Future[None] | None = None
     _send_error: BaseException | None = None
 
@@ -175,8 +232,21 @@ class _Sender:
             await conn.drain()
             if conn.closed:
                 raise ConnectionLost("connection lost while sending on a stream")
-        st.send_message(conn.protocol, stream, body, compression)
+        stats = self.stats
+        stats.bytes_out += st.send_message(conn.protocol, stream, body, compression)
+        stats.messages_out += 1
         conn.queued()
+
+    async def _send_filtered(self, body: Payload, compression: int = 0) -> None:
+        """``body`` through the outgoing filters, then sent (unless one dropped it).
+        Filters see a stream message's compression and body; the flags they set are not
+        sent (a stream message never carries payload headers)."""
+        stream = self.stream
+        meta = st.OK_STATUS if stream.server else stream.wire_id
+        message = Message(compression, 0, stream.session, meta, body, self.accept)
+        out = await run_chain(self.filters, False, message, self.conn)  # type: ignore[arg-type]
+        if out is not None:
+            await self._send(out.body, out.compression)
 
 
 # ---------------------------------------------------------------------------- server
@@ -200,8 +270,12 @@ class ServerStream(_Sender):
         self.kind = kind
         self.handler = handler
         self.ctx = ctx
-        self.inbox = Inbox(conn, stream)
+        self.filters = conn.server.filters
+        self.stats = conn.server.methods.get(ctx.wire_id)
+        self.inbox = Inbox(conn, stream, self._incoming if self.filters else None)
+        self.accept = offered(0, ctx.metadata)  # smf-accept-compression in the OPEN frame
         self.cancelled_by_peer = False
+        self.started = False
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -211,7 +285,12 @@ class ServerStream(_Sender):
         status: int = Status.OK
         message = ""
         started = time.perf_counter_ns()
+        self.started = True
         try:
+            if self.cancelled_by_peer:
+                # Cancelled before this task first ran (a CANCEL right behind the OPEN):
+                # a task cancelled then would never run this body, nor send the END.
+                raise asyncio.CancelledError
             remaining = ctx.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the stream started")
@@ -236,9 +315,7 @@ class ServerStream(_Sender):
                 st.send_end(conn.protocol, self.stream, status, message)
                 conn.queued()
             self.inbox.finish(ConnectionLost("stream ended"))
-            conn.server.methods.get(ctx.wire_id).record(
-                status, time.perf_counter_ns() - started, 0, 0
-            )
+            self.stats.record(status, time.perf_counter_ns() - started, 0, 0)
 
     async def _serve_within(self, remaining: float | None) -> None:
         if remaining is None:
@@ -264,17 +341,36 @@ class ServerStream(_Sender):
             await self._pump(handler(ctx, memoryview(request)))
         elif kind == "client":
             result = await handler(ctx, self.inbox.__aiter__())
-            await self._send(result)
+            if self.filters:
+                await self._send_filtered(result)
+            else:
+                await self._send(result)
         else:
             await self._pump(handler(ctx, self.inbox.__aiter__()))
 
+    async def _incoming(self, compression: int, body: bytes) -> bytes | None:
+        conn = self.conn
+        return await _filter_in(
+            self.filters,
+            conn,
+            self.stream,
+            self.ctx.wire_id,
+            compression,
+            body,
+            conn.server.max_body_size,
+        )
+
     async def _pump(self, replies: AsyncIterator[Payload]) -> None:
-        conn, stream, send = self.conn, self.stream, st.send_message
+        conn, stream, send, stats = self.conn, self.stream, st.send_message, self.stats
         protocol = conn.protocol
+        filtered = bool(self.filters)
         try:
             async for reply in replies:
-                if stream.can_send and not conn._write_paused:  # no wait: no coroutine
-                    send(protocol, stream, reply)
+                if filtered:
+                    await self._send_filtered(reply)
+                elif stream.can_send and not conn._write_paused:  # no wait: no coroutine
+                    stats.bytes_out += send(protocol, stream, reply)
+                    stats.messages_out += 1
                     conn.queued()
                 else:
                     await self._send(reply)
@@ -286,6 +382,12 @@ class ServerStream(_Sender):
     def on_event(self, event: st.AnyStreamEvent) -> None:
         kind = type(event)
         if kind is st.StreamMessage:
+            _received(self.stats, event)
+            if self.filters:  # decompressed after the incoming filters, when taken
+                body = event.body  # type: ignore[union-attr]
+                self.inbox.put(bytes(body), event.compression)  # type: ignore[union-attr]
+                body.release()
+                return
             try:
                 self.inbox.put(_message(event, self.conn.server.max_body_size))
             except RpcError as exc:
@@ -297,7 +399,7 @@ class ServerStream(_Sender):
         elif kind is st.StreamCancelled:
             self.cancelled_by_peer = True
             self.inbox.finish(Cancelled("cancelled by the client"))
-            if self.task is not None:
+            if self.task is not None and self.started:
                 self.task.cancel()
         elif kind is st.StreamOversized:
             size = event.size  # type: ignore[union-attr]
@@ -415,6 +517,10 @@ class StreamCall(_Sender):
         # What the session table and the stream's state hold: not the call itself, so
         # a call the application dropped is collected (and cancelled, see __del__).
         self._handle = _Handle(self)
+        self._span: Any = None  # the CLIENT span (tracing active), ended with the stream
+        self.filters = client.filters
+        self.stats = client.methods.get_or_add(wire_id)
+        self._started = 0
 
     # --------------------------------------------------------------- opening
 
@@ -428,6 +534,11 @@ class StreamCall(_Sender):
             await self._do_open()
         except BaseException as exc:
             self._error = exc if isinstance(exc, Exception) else ConnectionLost(repr(exc))
+            if self.inbox is not None and not self._finished:
+                # Opened, but its request did not go (an outgoing filter raised): the
+                # server must not wait for it.
+                self._end(self._error, "the client could not send its request")
+            self._end_span(self._error)
             self._opening.set_exception(self._error)
             self._opening.exception()  # retrieved: raised to every opener
             self._finished = True
@@ -441,8 +552,15 @@ class StreamCall(_Sender):
         t = self.timeout
         parent = current_call.get()
         prefix = b""
-        if parent is not None or self.metadata or t is not None:
-            t, _, prefix = _call_headers(parent, self.metadata, t, t is not None)
+        metadata = self.metadata
+        if _tracing.active():  # one CLIENT span per stream, parent of the server's
+            carrier = dict(metadata) if metadata else {}
+            self._span = _tracing.start_client_span(
+                client.methods.get_or_add(self.wire_id).name, carrier
+            )
+            metadata = carrier
+        if parent is not None or metadata or t is not None:
+            t, _, prefix = _call_headers(parent, metadata, t, t is not None)
         if t is not None:
             timeout = t
             self._timer = asyncio.get_running_loop().call_later(t, self._expire, timeout)
@@ -451,16 +569,23 @@ class StreamCall(_Sender):
         else:
             conn, session = await self._session()
         self.conn = conn
+        self._started = time.perf_counter_ns()
         self.stream = st.open_stream(
             conn.protocol, session, self.wire_id, self._handle, *self.window, prefix
         )
-        self.inbox = Inbox(conn, self.stream)
-        if self._request is not None:
-            st.send_message(conn.protocol, self.stream, self._request)
-            st.send_end(conn.protocol, self.stream)
-            self._request = None
-        conn.queued()
+        self.inbox = Inbox(conn, self.stream, self._incoming if self.filters else None)
         client.stats.calls += 1
+        request = self._request
+        if request is not None:
+            self._request = None
+            if self.filters:  # the server stream's request goes through them too
+                conn.queued()
+                await self._send_filtered(request)
+            else:
+                self.stats.bytes_out += st.send_message(conn.protocol, self.stream, request)
+                self.stats.messages_out += 1
+            st.send_end(conn.protocol, self.stream)
+        conn.queued()
 
     async def _session(self) -> tuple[ClientConnection, int]:
         conn = await self.client._ready_connection()
@@ -484,7 +609,10 @@ class StreamCall(_Sender):
             raise self._error
         if compress > 1:
             message = compress_body(Compression(compress), message)
-        await self._send(message, compress if compress > 1 else 0)
+        if self.filters:
+            await self._send_filtered(message, compress if compress > 1 else 0)
+        else:
+            await self._send(message, compress if compress > 1 else 0)
 
     async def done_writing(self) -> None:
         """Half-close: no more messages from this side."""
@@ -543,10 +671,38 @@ class StreamCall(_Sender):
         self.client.stats.timeouts += 1
         self._end(DeadlineExceeded(f"stream deadline of {timeout}s exceeded (client)"), "deadline")
 
+    async def _incoming(self, compression: int, body: bytes) -> bytes | None:
+        try:
+            return await _filter_in(
+                self.filters,
+                self.conn,
+                self.stream,
+                st.OK_STATUS,
+                compression,
+                body,
+                self.client.max_body_size,
+            )
+        except Exception as exc:
+            self._end(exc, "an incoming filter refused a reply")
+            raise
+
+    def _record(self, status: int) -> None:
+        """The stream as one call in the method's metrics (its messages counted apart)."""
+        if self._started:
+            self.stats.record(status, time.perf_counter_ns() - self._started, 0, 0)
+            self._started = 0
+
+    def _end_span(self, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            _tracing.end_span(span, error)
+
     def _end(self, error: BaseException, reason: str) -> None:
         if self._finished:
             return
         self._finished = True
+        self._end_span(error)
+        self._record(error.status if isinstance(error, RpcError) else Status.INTERNAL_ERROR)
         self._error = self._send_error = error
         if self._timer is not None:
             self._timer.cancel()
@@ -564,6 +720,14 @@ class StreamCall(_Sender):
         inbox = self.inbox
         assert inbox is not None
         if kind is st.StreamMessage:
+            stats = self.stats  # inline: once per message
+            stats.messages_in += 1
+            stats.bytes_in += event.body.nbytes  # type: ignore[union-attr]
+            if self.filters:  # decompressed after the incoming filters, when read
+                body = event.body  # type: ignore[union-attr]
+                inbox.put(bytes(body), event.compression)  # type: ignore[union-attr]
+                body.release()
+                return
             try:
                 inbox.put(_message(event, self.client.max_body_size))
             except RpcError as exc:
@@ -585,6 +749,8 @@ class StreamCall(_Sender):
             if error is not None and status == st.CANCELLED_STATUS:
                 error = Cancelled(text)
             self._send_error = error or RuntimeError("send after the stream ended")
+            self._end_span(error)
+            self._record(status)
             inbox.finish(error)
             self.credit_arrived()
         elif kind is st.StreamOversized:
@@ -598,6 +764,7 @@ class StreamCall(_Sender):
     def __del__(self) -> None:
         # Dropped while open (never read to its end, never cancelled): cancel it, from
         # the loop (a finalizer may run inside any callback), so the server stops too.
+        self._end_span(Cancelled("the client dropped the stream"))
         if self.inbox is not None and not self._finished and not self.conn.closed:
             with contextlib.suppress(RuntimeError):  # a closed loop: a closed connection
                 self.conn.loop.call_soon(_cancel_dropped, self.conn, self.stream)
@@ -610,6 +777,7 @@ class StreamCall(_Sender):
         if self._finished:
             return
         self._finished = True
+        self._end_span(exc)
         self._error = self._send_error = exc
         if self._timer is not None:
             self._timer.cancel()

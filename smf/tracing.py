@@ -58,6 +58,26 @@ def client_span(name: str, carrier: MutableMapping[str, str]) -> Iterator[None]:
         yield
 
 
+def start_client_span(name: str, carrier: MutableMapping[str, str]) -> Any:
+    """A CLIENT span for a stream, which outlives any ``with`` block: started now (child
+    of a ``traceparent`` in ``carrier``, else of the current span), its ``traceparent``
+    written to ``carrier``; the caller ends it with ``end_span``."""
+    assert _otel_trace is not None
+    tracer = _otel_trace.get_tracer("smf")
+    parent = _propagator.extract(carrier) if "traceparent" in carrier else None
+    span = tracer.start_span(name, context=parent, kind=_otel_trace.SpanKind.CLIENT)
+    _propagator.inject(carrier, context=_otel_trace.set_span_in_context(span))
+    return span
+
+
+def end_span(span: Any, error: BaseException | None) -> None:
+    """End a span from ``start_client_span``, marked as failed when ``error`` is set."""
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(_otel_trace.Status(_otel_trace.StatusCode.ERROR, str(error)))
+    span.end()
+
+
 @contextlib.contextmanager
 def server_span(name: str, metadata: Mapping[str, str]) -> Iterator[None]:
     """A SERVER span, child of the caller's ``traceparent`` when there is one."""

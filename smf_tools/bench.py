@@ -15,6 +15,13 @@ Before the load, a refused connection is retried for ``--timeout`` (a server sta
 the background a moment ago), and one unrecorded call checks the peer: no valid smf frame
 within ``--timeout`` (not an smf server) or a 404 (no such method on the server) stops
 the run with a message saying which.
+
+A server-streaming method (``streaming: "server"`` in the schema) is loaded with
+``connections x concurrency`` open streams, each reading its stream to the end and
+opening the next with the same request, for ``--messages N`` (default 100000) or
+``--duration S`` (open streams are then cancelled); a stream silent for ``--timeout``
+stops the run (error ``stalled``). It reports messages/s, MB/s and the latency from
+opening a stream to its first message.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class Target:
     request: bytes
     method: str  # "Service.Method"
     schema: str = ""
+    streaming: str = "none"  # the method's ``streaming`` attribute: "none" or "server"
 
 
 @dataclass
@@ -68,6 +76,7 @@ class LoadSpec:
     concurrency: int = 1
     calls: int | None = 10_000
     duration: float | None = None
+    messages: int | None = None  # server streams: stop after this many messages
     warmup: int = 0
     rate: float | None = None
     timeout: float = 10.0
@@ -80,6 +89,18 @@ class BenchResult:
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     recorder: LatencyRecorder = field(default_factory=LatencyRecorder)
+    # Server streams: ``calls`` counts streams finished, ``recorder`` holds the latency
+    # to each stream's first message.
+    messages: int = 0
+    message_bytes: int = 0
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.message_bytes / 1e6 / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def calls_per_s(self) -> float:
@@ -112,6 +133,22 @@ class BenchResult:
         return out
 
     def to_json(self, spec: LoadSpec) -> dict[str, Any]:
+        if spec.target.streaming == "server":
+            return {
+                "method": spec.target.method,
+                "schema": spec.target.schema,
+                "streaming": "server",
+                "address": f"{spec.host}:{spec.port}",
+                "connections": spec.connections,
+                "concurrency": spec.concurrency,
+                "streams": self.calls,
+                "messages": self.messages,
+                "bytes": self.message_bytes,
+                "errors": dict(sorted(self.errors.items())),
+                "messages_per_s": round(self.messages_per_s, 1),
+                "mb_per_s": round(self.mb_per_s, 3),
+                "first_message_latency_us": self.latency_us(),
+            }
         return {
             "method": spec.target.method,
             "schema": spec.target.schema,
@@ -160,11 +197,19 @@ def resolve_target(
             known = ", ".join(m.name for m in service.methods)
             raise BenchError(f"service {service.name} has no method {method_name!r} ({known})")
         m = found[0]
+        streaming = m.attributes.get("streaming", "none")
+        if streaming not in ("none", "server"):
+            raise BenchError(
+                f"{service.short_name}.{m.name} is a {streaming!r} stream: smf bench loads "
+                "unary and server-streaming methods only"
+            )
         try:
             request = encode_json(flatc, schema, includes, m.request.name, data, Path(tmp))
         except BenchError as exc:
             raise BenchError(f"--data is not a valid {m.request.name}: {exc}") from exc
-    return Target(service.wire_id(m), request, f"{service.short_name}.{m.name}", str(schema))
+    return Target(
+        service.wire_id(m), request, f"{service.short_name}.{m.name}", str(schema), streaming
+    )
 
 
 def encode_json(
@@ -188,6 +233,8 @@ def encode_json(
 
 
 async def run_load(spec: LoadSpec) -> BenchResult:
+    if spec.target.streaming == "server":
+        return await run_stream_load(spec)
     result = BenchResult()
     clients = [Client(spec.host, spec.port, timeout=spec.timeout) for _ in range(spec.connections)]
     try:
@@ -274,6 +321,118 @@ async def run_load(spec: LoadSpec) -> BenchResult:
     return result
 
 
+async def run_stream_load(spec: LoadSpec) -> BenchResult:
+    """Server streams: ``connections x concurrency`` readers, each opening a stream with
+    the request, reading it to its end and opening the next. The run stops after
+    ``spec.messages`` messages or ``spec.duration`` seconds (streams still open then are
+    cancelled), or when no message arrived for ``spec.timeout`` seconds (a stalled
+    server: counted as the error ``stalled``). Records the latency from opening each
+    stream to its first message."""
+    result = BenchResult()
+    clients = [Client(spec.host, spec.port, timeout=spec.timeout) for _ in range(spec.connections)]
+    try:
+        for c in clients:
+            await _connect(c, spec.timeout)
+        await _probe_stream(spec, clients[0])
+    except BaseException:
+        for c in clients:
+            await c.close()
+        raise
+    target = spec.target
+    budget = math.inf if spec.messages is None else spec.messages
+    stop = asyncio.Event()
+    recorder = result.recorder
+    clock = time.perf_counter
+
+    async def reader(client: Client) -> None:
+        while not stop.is_set():
+            t0 = clock()
+            first = True
+            try:
+                async for message in client.server_stream(target.wire_id, target.request):
+                    if first:
+                        recorder.record(int((clock() - t0) * 1e6))
+                        first = False
+                    result.messages += 1
+                    result.message_bytes += len(message)
+                    if result.messages >= budget:
+                        stop.set()
+                    if stop.is_set():
+                        break  # cancels the stream on the server
+                else:
+                    result.calls += 1
+            except RpcError as exc:
+                key = str(exc.status)
+                result.errors[key] = result.errors.get(key, 0) + 1
+            except ConnectionLost:
+                result.errors["connection_lost"] = result.errors.get("connection_lost", 0) + 1
+                stop.set()
+
+    async def watchdog() -> None:
+        seen = -1
+        while not stop.is_set():
+            if result.messages == seen:
+                result.errors["stalled"] = result.errors.get("stalled", 0) + 1
+                break
+            seen = result.messages
+            await asyncio.sleep(spec.timeout)
+        stop.set()
+
+    start = clock()
+    readers = [
+        asyncio.create_task(reader(clients[i % len(clients)]))
+        for i in range(spec.connections * spec.concurrency)
+    ]
+    guards = [asyncio.create_task(watchdog())]
+    if spec.duration is not None:
+        guards.append(asyncio.create_task(_stop_after(stop, spec.duration)))
+    if spec.progress:
+        guards.append(asyncio.create_task(_progress(spec, result, start)))
+    done = asyncio.create_task(stop.wait())
+    await asyncio.wait([done, *readers], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    # A reader blocked on a silent stream wakes only when its stream is cancelled:
+    # closing the clients ends every stream on them.
+    result.elapsed = clock() - start
+    await asyncio.wait(readers, timeout=0.5)
+    for c in clients:
+        await c.close()
+    for task in [*readers, *guards]:
+        task.cancel()
+    await asyncio.gather(*readers, *guards, done, return_exceptions=True)
+    if spec.progress:
+        print(file=sys.stderr)
+    return result
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    stop.set()
+
+
+async def _probe_stream(spec: LoadSpec, client: Client) -> None:
+    """One stream before the load (its first message, then cancelled): a missing method
+    or a peer that does not speak smf stops the run with a clear message."""
+    address = f"{spec.host}:{spec.port}"
+    try:
+        async for _ in client.server_stream(
+            spec.target.wire_id, spec.target.request, timeout=spec.timeout
+        ):
+            break
+    except NotFound as exc:
+        raise BenchError(
+            f"{spec.target.method} (wire id {spec.target.wire_id}): no such streaming method "
+            f"on the server at {address} (404{': ' + exc.message if exc.message else ''})"
+        ) from exc
+    except (DeadlineExceeded, ConnectionLost) as exc:
+        raise BenchError(
+            f"{address} sent no stream message within --timeout ({spec.timeout:g}s): "
+            f"is it an smf server serving {spec.target.method}? ({exc})"
+        ) from exc
+    except RpcError:
+        pass  # the peer speaks smf; the run counts its error statuses
+
+
 async def _connect(client: Client, timeout: float) -> None:
     """Connect, retrying a refused connection for up to ``timeout``: a server started
     in the background a moment ago (``server &`` then ``smf bench``) is still booting."""
@@ -316,6 +475,8 @@ async def _progress(spec: LoadSpec, result: BenchResult, start: float) -> None:
         elapsed = time.perf_counter() - start
         if spec.duration:
             frac = min(1.0, elapsed / spec.duration)
+        elif spec.messages:
+            frac = min(1.0, result.messages / spec.messages)
         elif spec.calls:
             frac = min(1.0, result.calls / spec.calls)
         else:
@@ -333,7 +494,40 @@ async def _progress(spec: LoadSpec, result: BenchResult, start: float) -> None:
 # --------------------------------------------------------------------------- output
 
 
+def _errors_line(result: BenchResult) -> str:
+    if not result.errors:
+        return "  errors     none"
+    return "  errors     " + ", ".join(
+        f"{k}: {v}" + (f" ({STATUS_MEANING[k]})" if k in STATUS_MEANING else "")
+        for k, v in result.errors.items()
+    )
+
+
+def format_stream_table(spec: LoadSpec, result: BenchResult) -> str:
+    lines = [
+        f"{spec.target.method} (server stream) on {spec.host}:{spec.port}: "
+        f"{spec.connections} connection(s) x {spec.concurrency} streams open, "
+        f"{len(spec.target.request)}-byte request",
+        "",
+        "  first message  latency (us)",
+    ]
+    for key, value in result.latency_us().items():
+        lines.append(f"  {key:<10} {value:>14,.0f}")
+    lines += [
+        "",
+        f"  streams    {result.calls:>14,}  (ended by the server)",
+        f"  messages   {result.messages:>14,}",
+        f"  elapsed    {result.elapsed:>13.2f}s",
+        f"  msgs/s     {result.messages_per_s:>14,.0f}",
+        f"  MB/s       {result.mb_per_s:>14,.2f}",
+        _errors_line(result),
+    ]
+    return "\n".join(lines)
+
+
 def format_table(spec: LoadSpec, result: BenchResult) -> str:
+    if spec.target.streaming == "server":
+        return format_stream_table(spec, result)
     lat = result.latency_us()
     mode = f"open loop at {spec.rate:g}/s" if spec.rate else "closed loop"
     lines = [
@@ -406,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--calls", type=_positive(int), help="total calls (default 10000)")
     group.add_argument("--duration", type=_positive(float), help="seconds to run")
+    group.add_argument(
+        "--messages",
+        type=_positive(int),
+        help="server-streaming methods: total messages (default 100000)",
+    )
     p.add_argument("--warmup", type=int, default=0, help="unrecorded calls first")
     p.add_argument("--rate", type=_positive(float), help="open loop: calls per second")
     p.add_argument("--timeout", type=_positive(float), default=10.0, help="per call (s)")
@@ -427,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         target = resolve_target(args.schema, args.method, data, args.include)
         host, port = args.address
         long_run = (args.duration or 0) > 3 or (args.calls or 0) > 50_000
+        streaming = target.streaming == "server"
+        if streaming and args.calls:
+            raise BenchError("--calls: a server-streaming method runs for --messages or --duration")
+        if not streaming and args.messages:
+            raise BenchError(f"--messages: {target.method} is not a server-streaming method")
         spec = LoadSpec(
             host=host,
             port=port,
@@ -435,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             calls=None if args.duration else (args.calls or 10_000),
             duration=args.duration,
+            messages=(args.messages or (None if args.duration else 100_000)) if streaming else None,
             warmup=args.warmup,
             rate=args.rate,
             timeout=args.timeout,

@@ -355,3 +355,60 @@ def test_a_peer_that_does_not_speak_smf_fails_fast(not_smf_port: int) -> None:
     assert proc.returncode == 2, proc.stdout
     assert f"127.0.0.1:{not_smf_port} sent no valid smf frame" in proc.stderr
     assert "is it an smf server?" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_server_streaming_method_reports_messages_and_first_message_latency(
+    demo_port: int,
+) -> None:
+    # Watch streams ten messages per request: the run opens stream after stream until
+    # --messages have arrived, three streams open at a time.
+    proc = bench(
+        f"127.0.0.1:{demo_port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Watch",
+        "--data",
+        '{"name": "w"}',
+        "--messages",
+        "300",
+        "--concurrency",
+        "3",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["streaming"] == "server"
+    assert result["errors"] == {}
+    assert result["messages"] >= 300
+    assert result["streams"] >= 27  # whole streams of 10; the last ones are cut short
+    assert result["bytes"] > 0 and result["messages_per_s"] > 0 and result["mb_per_s"] > 0
+    lat = result["first_message_latency_us"]
+    assert list(lat) == ["p50", "p75", "p90", "p99", "p99.9", "p99.99", "max"]
+    assert lat["p50"] > 0
+
+
+def test_server_streaming_table_and_duration(demo_port: int) -> None:
+    proc = bench(
+        f"127.0.0.1:{demo_port}",
+        "--schema",
+        str(SCHEMA),
+        "--method",
+        "SmfStorage.Watch",
+        "--data",
+        '{"name": "w"}',
+        "--duration",
+        "0.5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    for word in ("server stream", "first message", "msgs/s", "MB/s", "errors     none"):
+        assert word in proc.stdout
+
+
+def test_calls_on_a_server_streaming_method_is_a_clear_error() -> None:
+    proc = bench(
+        "127.0.0.1:1", "--schema", str(SCHEMA), "--method", "SmfStorage.Watch",
+        "--data", "{}", "--calls", "10",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--messages or --duration" in proc.stderr

@@ -328,7 +328,47 @@ async def test_a_stream_gets_one_server_span_child_of_its_traceparent(
             assert [r async for r in call] == [b"a", b"b"]
     finally:
         await server.stop(grace=0.5)
-    (span,) = [s for s in spans.get_finished_spans() if s.name == "T.Tail"]
-    assert span.kind is SpanKind.SERVER
+    finished = await finished_spans(spans, 2)
+    (span,) = by_kind(finished, SpanKind.SERVER)
+    (client_span,) = by_kind(finished, SpanKind.CLIENT)
+    assert span.name == "T.Tail"
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
-    assert span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331
+    # The caller's traceparent is the client span's parent; the client span the server's.
+    assert client_span.parent is not None and client_span.parent.span_id == 0xB7AD6B7169203331
+    assert child_of(span, client_span)
+
+
+async def test_a_stream_gets_one_client_span_that_ends_with_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    async def tail(ctx: smf.CallContext, request: memoryview) -> AsyncIterator[bytes]:
+        yield b"a"
+        if bytes(request) == b"fail":
+            raise ValueError("mid-stream")
+        yield b"b"
+
+    server = smf.Server()
+    server.add_stream_handler(0x0E0F0011, tail, "server", "T.Tail")
+    await server.start("127.0.0.1", 0)
+    try:
+        async with smf.Client("127.0.0.1", server.port) as client:
+            client.methods.name(0x0E0F0011, "T.Tail")
+            assert [r async for r in client.server_stream(0x0E0F0011, b"ok")] == [b"a", b"b"]
+            with pytest.raises(smf.InternalError):
+                async for _ in client.server_stream(0x0E0F0011, b"fail"):
+                    pass
+    finally:
+        await server.stop(grace=0.5)
+    finished = await finished_spans(spans, 4)
+    clients = by_kind(finished, SpanKind.CLIENT)
+    servers = by_kind(finished, SpanKind.SERVER)
+    assert [c.name for c in clients] == ["T.Tail", "T.Tail"]
+    assert len(servers) == 2
+    assert clients[0].context.trace_id != clients[1].context.trace_id  # one trace each
+    for c, s in zip(clients, sorted(servers, key=lambda s: s.start_time), strict=True):
+        assert c.parent is None
+        assert child_of(s, c)
+        assert c.start_time <= s.start_time
+    assert clients[0].status.status_code != StatusCode.ERROR
+    assert clients[1].status.status_code == StatusCode.ERROR
+    assert "mid-stream" in (clients[1].status.description or "")
