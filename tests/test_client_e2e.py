@@ -59,6 +59,10 @@ async def test_per_call_timeout_raises_deadline_exceeded_and_counts_the_late_rep
     echo_server: smf.Server, client: smf.Client, kit: Any
 ) -> None:
     state = echo_server.state
+    # One reply first: the client then knows this server reads payload headers (smf.peer)
+    # and sends the timed call at once, rather than after a probe that may outlast 0.1 s
+    # on a loaded machine (the call would then end before its request was ever sent).
+    assert bytes(await client.call(kit.ECHO, b"hello")) == b"hello"
     with pytest.raises(smf.DeadlineExceeded) as info:
         await client.call(kit.BLOCK, b"slow", timeout=0.1)
     assert isinstance(info.value, TimeoutError)
