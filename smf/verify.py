@@ -334,24 +334,9 @@ class Verifier:
         self.depth += 1
         if self.depth > self.max_depth or self.tables > self.max_tables:
             self.over_limits(start, table, field)
-        buf = self.buf
-        size = self.size
-        at = start
+        element = self.element
         for i in range(length):
-            relative: int = _u32(buf, at)[0]
-            pos = at + relative
-            if not relative or pos >= size:
-                try:
-                    self.offset(at, table, field, "table")
-                except VerificationError as err:
-                    err.path[0] = f"{field}[{i}]"
-                    raise
-            try:
-                verify(self, pos)
-            except VerificationError as err:
-                err.within(table, f"{field}[{i}]")
-                raise
-            at += 4
+            element(verify, start + 4 * i, i, table, field)
         self.depth -= 1
 
     def element(self, verify: VerifyFn, at: int, i: int, table: str, field: str) -> None:
