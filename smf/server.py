@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from time import perf_counter_ns
 from types import CoroutineType, TracebackType
-from typing import Any
+from typing import Any, Final
 
 from . import tracing as _tracing
 from .context import CallContext, PeerIdentity, current_call
@@ -45,6 +45,7 @@ __all__ = ["GATHER_LIMIT", "REQUEST_OVERHEAD", "ByteBudget", "Server", "ServerSt
 log = logging.getLogger("smf.server")
 
 _DISABLED = int(Compression.DISABLED)
+_OK: Final = int(Status.OK)  # per call: an IntEnum class attribute costs ~80 ns on 3.11
 _MASK32 = 0xFFFFFFFF
 
 # Bytes charged to the server-wide budget per request beyond its frame: the task,
@@ -118,13 +119,13 @@ def _outcome(result: object) -> tuple[int, Payload]:
     naming what is wrong with any other (answered with 500 and logged)."""
     if isinstance(result, bytes | bytearray):
         if result:
-            return Status.OK, result
+            return _OK, result
     elif isinstance(result, memoryview):
         # A released view raises ValueError here: reading it would be a use after free.
         if not result.c_contiguous:
             raise TypeError("handler returned a non-contiguous memoryview")
         if result.nbytes:
-            return Status.OK, result
+            return _OK, result
     else:
         kind = type(result).__name__
         raise TypeError(f"handler returned {kind}, not bytes, bytearray or memoryview")

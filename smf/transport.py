@@ -219,26 +219,26 @@ class Connection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ writing
 
-    def queued(self) -> None:
-        """Something was queued on the protocol: write it by the rule in the class doc."""
-        if self._pulling:
-            if (
-                not self.protocol.more_buffered
-                or self.protocol.bytes_to_send >= GATHER_LIMIT
-                or self._reading_paused
-            ):
-                self.flush()
-        elif self.alone():
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Hand everything queued to the transport now."""
+    def queued(self, now: bool = False) -> None:
+        """Something was queued on the protocol: write it by the rule in the class doc
+        (``now``: at once). The one place bytes are handed to the transport."""
+        protocol = self.protocol
+        if not now:
+            if self._pulling:
+                if (
+                    protocol.more_buffered
+                    and protocol.bytes_to_send < GATHER_LIMIT
+                    and not self._reading_paused
+                ):
+                    return  # the read's later events add to it
+            elif not self.alone():
+                if self._flush_handle is None:
+                    self._flush_handle = self.loop.call_soon(self.flush)
+                return
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        out = self.protocol.data_to_send()
+        out = protocol.data_to_send()
         if out and not self.closed and self.transport is not None:
             if len(out) == 1:
                 self.transport.write(out[0])
@@ -246,6 +246,10 @@ class Connection(asyncio.BufferedProtocol):
                 self.transport.writelines(out)
         if self._release:
             self._release_views()
+
+    def flush(self) -> None:
+        """Hand everything queued to the transport now."""
+        self.queued(True)
 
     def release_after_flush(self, view: memoryview) -> None:
         """Release ``view`` once what is queued now has been handed to the transport

@@ -79,9 +79,7 @@ async def test_default_timeout_applies_to_every_call(
     echo_server: smf.Server, make_client: Any, kit: Any
 ) -> None:
     # The client's deadline only (see the test above): no server 408 races it.
-    client = await make_client(
-        "127.0.0.1", echo_server.port, timeout=0.1, payload_headers="never"
-    )
+    client = await make_client("127.0.0.1", echo_server.port, timeout=0.1, payload_headers="never")
     results = await asyncio.gather(
         *(client.call(kit.BLOCK, b"x") for _ in range(5)), return_exceptions=True
     )

@@ -216,6 +216,38 @@ def test_a_header_over_parts_equals_the_header_over_their_concatenation(
     assert encode_header(7, 9, tuple(parts), 0, 1) == encode_header(7, 9, whole, 0, 1)
 
 
+@settings(max_examples=300)
+@given(
+    server=st.booleans(),
+    session=st.integers(0, MAX_SESSION + 1),
+    meta=st.integers(0, 1 << 32),
+    body=st.binary(min_size=0, max_size=JOIN_LIMIT + 8),
+    prefix=st.binary(min_size=0, max_size=20),
+    compression=st.integers(0, 5),
+    flags=st.sampled_from([0, 0x01, 0x02, 0x40, 0x80]),
+)
+def test_a_connection_frames_exactly_as_encode_header_does(
+    server: bool, session: int, meta: int, body: bytes, prefix: bytes, compression: int, flags: int
+) -> None:
+    """The protocol packs its own headers (``_send``, on every call's path); they are
+    encode_header's bytes, and it refuses exactly what encode_header refuses."""
+    proto = ServerProtocol(1 << 20, BUF) if server else ClientProtocol(1 << 20, BUF)
+    send = proto.send_reply if server else proto.send_request
+    # A server's uncompressed reply says so with compression byte 1 (smf.peer).
+    sent_compression = compression or (Compression.DISABLED if server else 0)
+    sent_flags = flags | (FLAG_PAYLOAD_HEADERS if prefix else 0)
+    parts = (prefix, body) if prefix else body
+    try:
+        expected = encode_header(session, meta, parts, sent_compression, sent_flags)
+    except Exception as error:
+        with pytest.raises(type(error)):
+            send(session, meta, body, compression, flags, prefix)
+        return
+    size = send(session, meta, body, compression, flags, prefix)
+    assert size == len(prefix) + len(body)
+    assert joined(proto.data_to_send()) == expected + prefix + body
+
+
 # ======================================================== split and coalesced reads
 
 
