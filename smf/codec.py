@@ -46,6 +46,8 @@ F64: Final[Callable[[Buffer, int], tuple[float]]] = _reader("<d")
 PUT_U32: Final[Callable[[bytearray, int, int], None]] = struct.Struct("<I").pack_into
 
 _EMPTY: Final = memoryview(b"")
+# A tuple for isinstance(): ``bytes | bytearray | memoryview`` builds a union per call.
+BUFFER_TYPES: Final = (bytes, bytearray, memoryview)
 
 
 size_of: Final[Callable[[Buffer], int]] = len
@@ -199,7 +201,7 @@ def put_string(buf: bytearray, at: int, value: str | bytes | bytearray | memoryv
 
 def put_bytes(buf: bytearray, at: int, value: Buffer | Sequence[int]) -> int:
     """Write a ``[ubyte]``/``[byte]`` vector at ``at`` (4-aligned) in one copy."""
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, BUFFER_TYPES):
         n = value.nbytes if isinstance(value, memoryview) else len(value)
         PUT_U32(buf, at, n)
         buf[at + 4 : at + 4 + n] = value

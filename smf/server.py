@@ -45,7 +45,9 @@ __all__ = ["GATHER_LIMIT", "REQUEST_OVERHEAD", "ByteBudget", "Server", "ServerSt
 log = logging.getLogger("smf.server")
 
 _DISABLED = int(Compression.DISABLED)
-_OK: Final = int(Status.OK)  # per call: an IntEnum class attribute costs ~80 ns on 3.11
+_OK: Final = int(Status.OK)
+# isinstance() with a tuple: ``bytes | bytearray`` builds a union object per call (~40 ns).
+_BYTES: Final = (bytes, bytearray)  # per call: an IntEnum class attribute costs ~80 ns on 3.11
 _MASK32 = 0xFFFFFFFF
 
 # Bytes charged to the server-wide budget per request beyond its frame: the task,
@@ -117,7 +119,7 @@ def _error_body(status: int, message: str) -> bytes:
 def _outcome(result: object) -> tuple[int, Payload]:
     """(200, result) for a handler's valid result, (500, why) for an empty one; raises
     naming what is wrong with any other (answered with 500 and logged)."""
-    if isinstance(result, bytes | bytearray):
+    if isinstance(result, _BYTES):
         if result:
             return _OK, result
     elif isinstance(result, memoryview):

@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol, cast
 
 from .client import DEFAULT, Client, Default
-from .codec import Buffer, DecodeError, EncodeError
+from .codec import BUFFER_TYPES, Buffer, DecodeError, EncodeError
 from .context import CallContext
 from .errors import BadRequest
 from .metrics import MethodTable
@@ -90,11 +90,11 @@ def encode(value: object, table: type, object_api: Any) -> Payload:
     a finished buffer as is, a table as its buffer when it is the root (else unpacked and
     encoded again)."""
     if type(value) is object_api or (
-        isinstance(value, object_api) and not isinstance(value, bytes | bytearray | memoryview)
+        isinstance(value, object_api) and not isinstance(value, BUFFER_TYPES)
     ):
         encoded: bytearray = cast(Encodable, value).Encode()
         return encoded
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, BUFFER_TYPES):
         return value
     if isinstance(value, table):
         buf = as_root(value)
