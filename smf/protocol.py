@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import xxhash
 
@@ -289,17 +289,29 @@ class _Connection(FrameDecoder):
 
     # ------------------------------------------------------------------ input
 
-    def _stream_event(
+    # FrameDecoder's hooks: its next_event returns these connections' events itself
+    # (typed for callers by each side's next_event declaration below).
+    _divert_flags = _STREAM
+
+    def _diverted(  # type: ignore[override]
         self, event: Frame | OversizedFrame
     ) -> _streams.AnyStreamEvent | ProtocolError:
+        """A stream's frame (any stream flag): its event, by ``smf.streams``' rules."""
         try:
             return _streams.receive(self, event, isinstance(self, ServerProtocol))
         except FrameError as error:
             return self._failed(error)
 
+    def _frame_error(self, error: FrameError) -> ProtocolError:  # type: ignore[override]
+        return self._failed(error)
+
+    def _when_halted(self) -> None:
+        return None  # after a protocol error or close(): nothing more is read
+
     def _failed(self, error: FrameError) -> ProtocolError:
         self.state = State.ERROR
         self.error = error
+        self._halted = True
         return ProtocolError(error)
 
     more_buffered = FrameDecoder.header_buffered
@@ -357,6 +369,7 @@ class _Connection(FrameDecoder):
     def close(self) -> None:
         """No more input is read and no more output queued (what is queued stays)."""
         self.state = State.CLOSED
+        self._halted = True
 
 
 class ServerProtocol(_Connection):
@@ -365,18 +378,12 @@ class ServerProtocol(_Connection):
     _frame_type = RequestReceived
     _oversized_type = OversizedRequest
 
-    def next_event(self) -> ServerEvent | None:  # type: ignore[override]
-        """The next request (or oversized request, or protocol error); None until more
-        bytes arrive (and always after a protocol error or ``close``)."""
-        if self.state is not _OPEN:
-            return None
-        try:
-            event: ServerEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
-        except FrameError as error:
-            return self._failed(error)
-        if event is not None and event.flags & _STREAM:  # type: ignore[union-attr]
-            return self._stream_event(event)  # type: ignore[arg-type]
-        return event
+    if TYPE_CHECKING:  # FrameDecoder.next_event, with its hooks above (no call around it)
+
+        def next_event(self) -> ServerEvent | None:  # type: ignore[override]
+            """The next request (or oversized request, stream event or protocol error);
+            None until more bytes arrive (and always after a protocol error or
+            ``close``)."""
 
     _uncompressed = _DISABLED
     send_reply = _Connection._send
@@ -430,16 +437,9 @@ class ClientProtocol(_Connection):
     def next_event(self) -> ClientEvent | None:  # type: ignore[override]
         """The next response, its session freed and ``call`` set; None until more bytes
         arrive (and always after a protocol error or ``close``)."""
-        if self.state is not _OPEN:
-            return None
-        try:
-            event: ClientEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
-        except FrameError as error:
-            return self._failed(error)
-        if event is not None:
-            if event.flags & _STREAM:  # type: ignore[union-attr]
-                return self._stream_event(event)  # type: ignore[arg-type]
-            event.call = self.sessions.pending.pop(event.session, None)  # type: ignore[union-attr]
+        event: ClientEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
+        if type(event) is ResponseReceived or type(event) is OversizedResponse:
+            event.call = self.sessions.pending.pop(event.session, None)
         return event
 
     def fail_all(self) -> list[Any]:

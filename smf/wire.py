@@ -200,7 +200,14 @@ class FrameDecoder:
     ``max_body_size``: frames above it become ``OversizedFrame`` events and their
     bodies are discarded as they arrive (``skip_oversized=True``) or raise
     ``FrameTooLarge`` (``skip_oversized=False``).
+
+    Subclasses (``smf.protocol``'s connections) turn frames into their own events
+    without a call around ``next_event``: a frame with any of ``_divert_flags`` is
+    handed to ``_diverted`` (streams), a ``FrameError`` to ``_frame_error``, and once
+    ``_halted`` is set every call returns ``_when_halted()``.
     """
+
+    _divert_flags = 0
 
     def __init__(
         self,
@@ -231,6 +238,7 @@ class FrameDecoder:
         self._scratch: bytearray | None = None  # where skipped bytes land
         self._into_scratch = False  # did the last get_buffer hand out the scratch?
         self._error: FrameError | None = None
+        self._halted = False  # after a FrameError (or a subclass's close)
         self.buffers_allocated = 0  # buffers taken: first, grown, or because views pinned one
 
     # ------------------------------------------------------------------ input
@@ -285,47 +293,68 @@ class FrameDecoder:
 
     def next_event(self) -> Event | None:
         """The next complete frame (or oversized header), ``None`` until more bytes arrive."""
-        if self._error is not None:
-            raise self._error
-        start = self._start
-        avail = self._end - start
-        if self._skip:
-            n = min(self._skip, avail)
-            self._skip -= n
-            self._start = start = start + n
-            avail -= n
+        if self._halted:
+            return self._when_halted()
+        try:
+            start = self._start
+            avail = self._end - start
             if self._skip:
+                n = min(self._skip, avail)
+                self._skip -= n
+                self._start = start = start + n
+                avail -= n
+                if self._skip:
+                    return None
+            if avail < HEADER_SIZE:
                 return None
-        if avail < HEADER_SIZE:
-            return None
-        compression, flags, session, size, csum, meta = HEADER.unpack_from(self._buf, start)
-        # One test for the four header faults (compression & ~3 is also non-zero for a
-        # negative byte); _bad_header names which.
-        if compression & ~3 or flags & self._unknown_flags or not size or not meta:
-            self._bad_header(compression, flags, size, meta)
-        if size > self.max_body_size:
-            if not self.skip_oversized:
-                self._fail(FrameTooLarge(size, self.max_body_size))
-            self._start = start + HEADER_SIZE
-            self._skip = size
-            return self._oversized_type(compression, flags, session, meta, size)
-        end = start + HEADER_SIZE + size
-        if end > self._end:
-            return None
-        body = self._view[start + HEADER_SIZE : end]
-        actual = _xxh64(body) & 0xFFFFFFFF
-        if actual != csum:
-            body.release()
-            self._fail(ChecksumMismatch(csum, actual))
-        self._start = end
-        # Frame.__init__'s work without its Python frame (one per request and reply):
-        frame: Frame = _new_object(self._frame_type)
-        frame.compression = compression
-        frame.flags = flags
-        frame.session = session
-        frame.meta = meta
-        frame.body = body
-        return frame
+            compression, flags, session, size, csum, meta = HEADER.unpack_from(self._buf, start)
+            # One test for the four header faults (compression & ~3 is also non-zero for a
+            # negative byte); _bad_header names which.
+            if compression & ~3 or flags & self._unknown_flags or not size or not meta:
+                self._bad_header(compression, flags, size, meta)
+            if size > self.max_body_size:
+                if not self.skip_oversized:
+                    self._fail(FrameTooLarge(size, self.max_body_size))
+                self._start = start + HEADER_SIZE
+                self._skip = size
+                oversized = self._oversized_type(compression, flags, session, meta, size)
+                if flags & self._divert_flags:
+                    return self._diverted(oversized)
+                return oversized
+            end = start + HEADER_SIZE + size
+            if end > self._end:
+                return None
+            body = self._view[start + HEADER_SIZE : end]
+            actual = _xxh64(body) & 0xFFFFFFFF
+            if actual != csum:
+                body.release()
+                self._fail(ChecksumMismatch(csum, actual))
+            self._start = end
+            # Frame.__init__'s work without its Python frame (one per request and reply):
+            frame: Frame = _new_object(self._frame_type)
+            frame.compression = compression
+            frame.flags = flags
+            frame.session = session
+            frame.meta = meta
+            frame.body = body
+            if flags & self._divert_flags:
+                return self._diverted(frame)
+            return frame
+        except FrameError as error:
+            return self._frame_error(error)
+
+    def _diverted(self, event: Event) -> Event | None:
+        """A frame with one of ``_divert_flags`` (none here)."""
+        return event
+
+    def _frame_error(self, error: FrameError) -> Event | None:
+        """What ``next_event`` returns for a broken stream: here, it raises."""
+        raise error
+
+    def _when_halted(self) -> Event | None:
+        """What ``next_event`` returns once halted: here, the same error again."""
+        assert self._error is not None
+        raise self._error
 
     @property
     def mid_frame(self) -> bool:
@@ -365,6 +394,7 @@ class FrameDecoder:
 
     def _fail(self, error: FrameError) -> NoReturn:
         self._error = error
+        self._halted = True
         raise error
 
     def _bytes_needed(self) -> tuple[int, bool]:
