@@ -252,7 +252,7 @@ class SessionTable:
     def take_all(self) -> list[Any]:
         """Every call in flight, all sessions freed (the connection is gone)."""
         calls = list(self.pending.values())
-        self.pending = {}
+        self.pending.clear()  # in place: the decoder matches responses through it
         return calls
 
 
@@ -407,6 +407,7 @@ class ClientProtocol(_Connection):
     ) -> None:
         super().__init__(max_body_size, buffer_size)
         self.sessions = sessions if sessions is not None else SessionTable()
+        self._calls = self.sessions.pending  # FrameDecoder sets each response's call
 
     @property
     def in_flight(self) -> int:
@@ -434,13 +435,12 @@ class ClientProtocol(_Connection):
     """``send_request(session, wire_id, body, compression=0, flags=0, prefix=b"")``:
     queue a request on ``session`` (from ``start_call``); returns its size on the wire."""
 
-    def next_event(self) -> ClientEvent | None:  # type: ignore[override]
-        """The next response, its session freed and ``call`` set; None until more bytes
-        arrive (and always after a protocol error or ``close``)."""
-        event: ClientEvent | None = FrameDecoder.next_event(self)  # type: ignore[assignment]
-        if type(event) is ResponseReceived or type(event) is OversizedResponse:
-            event.call = self.sessions.pending.pop(event.session, None)
-        return event
+    if TYPE_CHECKING:  # FrameDecoder.next_event, with the hooks above (no call around it)
+
+        def next_event(self) -> ClientEvent | None:  # type: ignore[override]
+            """The next response, its session freed and ``call`` set (or stream event, or
+            protocol error); None until more bytes arrive (and always after a protocol
+            error or ``close``)."""
 
     def fail_all(self) -> list[Any]:
         """Every call still in flight (their sessions freed): the connection is gone."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias
 
 import xxhash
 
@@ -204,10 +204,13 @@ class FrameDecoder:
     Subclasses (``smf.protocol``'s connections) turn frames into their own events
     without a call around ``next_event``: a frame with any of ``_divert_flags`` is
     handed to ``_diverted`` (streams), a ``FrameError`` to ``_frame_error``, and once
-    ``_halted`` is set every call returns ``_when_halted()``.
+    ``_halted`` is set every call returns ``_when_halted()``. A client's connection
+    sets ``_calls`` (what waits on each session): a frame then takes its session's
+    entry as ``call`` (its event type has that slot), which frees the session.
     """
 
     _divert_flags = 0
+    _calls: dict[int, Any] | None = None
 
     def __init__(
         self,
@@ -320,6 +323,8 @@ class FrameDecoder:
                 oversized = self._oversized_type(compression, flags, session, meta, size)
                 if flags & self._divert_flags:
                     return self._diverted(oversized)
+                if self._calls is not None:
+                    oversized.call = self._calls.pop(session, None)  # type: ignore[attr-defined]
                 return oversized
             end = start + HEADER_SIZE + size
             if end > self._end:
@@ -339,6 +344,8 @@ class FrameDecoder:
             frame.body = body
             if flags & self._divert_flags:
                 return self._diverted(frame)
+            if self._calls is not None:
+                frame.call = self._calls.pop(session, None)  # type: ignore[attr-defined]
             return frame
         except FrameError as error:
             return self._frame_error(error)
