@@ -25,6 +25,7 @@ stream event there.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +33,7 @@ import xxhash
 
 from . import headers
 from . import streams as _streams
-from .context import ACCEPT_COMPRESSION_HEADER, TIMEOUT_HEADER
+from .context import ACCEPT_COMPRESSION_HEADER, TIMEOUT_HEADER, CallContext
 from .errors import BadRequest, FrameError, Unsupported
 from .filters.compression import decompress
 from .wire import (
@@ -171,6 +172,18 @@ def open_payload(
     if flags & FLAG_PAYLOAD_HEADERS:
         return headers.split(body)
     return {}, body
+
+
+def open_call(
+    ctx: CallContext, compression: int, flags: int, body: memoryview, max_size: int | None
+) -> memoryview:
+    """The message in a request's body (``open_payload``); its payload headers become
+    ``ctx.metadata`` and its ``smf-timeout-us`` sets ``ctx.deadline``."""
+    ctx.metadata, body = open_payload(compression, flags, body, max_size)
+    timeout = parse_timeout(ctx.metadata)
+    if timeout is not None:
+        ctx.deadline = time.monotonic() + timeout
+    return body
 
 
 def offered(compression: int, metadata: Mapping[str, str]) -> frozenset[int]:

@@ -31,8 +31,7 @@ from .protocol import (
     ServerProtocol,
     encode_metadata,
     offered,
-    open_payload,
-    parse_timeout,
+    open_call,
 )
 from .router import Handler, Service, ServiceRouter
 from .stream_calls import StreamHandler, add_handler, server_event
@@ -297,29 +296,20 @@ class ServerConnection(Connection):
         server = self.server
         server.stats.requests += 1
         if type(event) is OversizedRequest:
-            server.stats.oversized_requests += 1
-            server.stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
-            self.reply(
-                event.session,
-                Status.PAYLOAD_TOO_LARGE,
-                f"request of {event.size} bytes is above the server's maximum of "
-                f"{server.max_body_size} bytes",
-            )
-            return
+            return self._too_large(event)
         assert type(event) is RequestReceived
         handler = server.router.handlers.get(event.meta)
         if handler is None and event.meta == PROBE_WIRE_ID:
             return answer_probe(self, event)  # does this server read payload headers?
         size = event.body.nbytes
         server.stats.bytes_in += HEADER_SIZE + size
-        refusal = None
         if handler is None or server.closing or len(server.tasks) >= server.max_concurrent_handlers:
             refusal = self._refusal(event.meta, handler)
-        if refusal is not None:
-            server.methods.get(event.meta).record(refusal[0], 0, size, 0)
-            event.body.release()
-            self.reply(event.session, *refusal)
-            return
+            if refusal is not None:
+                server.methods.get(event.meta).record(refusal[0], 0, size, 0)
+                event.body.release()
+                self.reply(event.session, *refusal)
+                return
         assert handler is not None
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
         ctx = CallContext(self.peer, event.meta, event.session, peer_identity=self.identity)
@@ -339,12 +329,9 @@ class ServerConnection(Connection):
             else:
                 body = event.body
                 if event.compression > _DISABLED or event.flags:
-                    ctx.metadata, body = open_payload(
-                        event.compression, event.flags, body, server.max_body_size
+                    body = open_call(
+                        ctx, event.compression, event.flags, body, server.max_body_size
                     )
-                    timeout = parse_timeout(ctx.metadata)
-                    if timeout is not None:
-                        ctx.deadline = time.monotonic() + timeout
                 context.run(current_call.set, ctx)  # the call's own context: no reset
                 if ctx.deadline is not None or _tracing.active():
                     call = self._invoke(handler, ctx, body)
@@ -375,6 +362,17 @@ class ServerConnection(Connection):
             server.budget.charge(cost)
             self.in_flight.add(task)
             server.tasks.add(task)
+
+    def _too_large(self, event: OversizedRequest) -> None:
+        stats = self.server.stats
+        stats.oversized_requests += 1
+        stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
+        self.reply(
+            event.session,
+            Status.PAYLOAD_TOO_LARGE,
+            f"request of {event.size} bytes is above the server's maximum of "
+            f"{self.server.max_body_size} bytes",
+        )
 
     def _refusal(self, wire_id: int, handler: Handler | None) -> tuple[int, str] | None:
         """(status, message) if the server will not serve this request now."""
@@ -462,12 +460,7 @@ class ServerConnection(Connection):
             compression, flags = filtered.compression, filtered.flags
             body = memoryview(filtered.body)  # a new view of the same bytes
             if compression > _DISABLED or flags:
-                ctx.metadata, body = open_payload(
-                    compression, flags, body, self.server.max_body_size
-                )
-                timeout = parse_timeout(ctx.metadata)
-                if timeout is not None:
-                    ctx.deadline = time.monotonic() + timeout
+                body = open_call(ctx, compression, flags, body, self.server.max_body_size)
             current_call.set(ctx)  # this call's own context: no reset needed
             status, result = _outcome(await self._invoke(handler, ctx, body))
         except (Exception, asyncio.CancelledError) as exc:

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .filters.base import Filter, Message, run_chain
 from .filters.compression import compress as compress_body
-from .protocol import offered, open_payload, parse_timeout
+from .protocol import offered, open_call, open_payload
 from .wire import Compression, Payload, Status
 
 if TYPE_CHECKING:
@@ -439,13 +439,9 @@ def _open(conn: ServerConnection, event: st.StreamOpened) -> None:
         refusal = Status.UNAVAILABLE, "server is shutting down"
     else:
         try:
-            ctx.metadata, _ = open_payload(0, event.flags, event.body)
-            timeout = parse_timeout(ctx.metadata)
+            open_call(ctx, 0, event.flags, event.body, None)
         except RpcError as exc:
             refusal = exc.status, exc.message
-        else:
-            if timeout is not None:
-                ctx.deadline = time.monotonic() + timeout
     event.body.release()
     if refusal is not None:
         server.methods.get(stream.wire_id).record(refusal[0], 0, 0, 0)
