@@ -532,14 +532,10 @@ def verifier_rows(g: Generated, buf: bytes) -> list[Row]:
     import flatbuffers
 
     from smf.verify import verify_buffer
+    from smfc.verifiers import general_path
 
     module = importlib.import_module("benchtree.TreeService_smf")
-    source = Path(module.__file__ or "").read_text()
-    general: dict[str, Any] = {"__name__": "benchtree.general"}
-    exec(compile(source, "general", "exec"), general)
-    for name in [n for n in general if n.startswith("_check_")]:
-        general["verify_" + name.removeprefix("_check_")] = general[name]
-    fast, slow = module.verify_Tree, general["verify_Tree"]
+    fast, slow = module.verify_Tree, general_path(module)["verify_Tree"]
     b = flatbuffers.Builder(8192)
     b.Finish(
         g.theirs("benchtree.Tree", "T")

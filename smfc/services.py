@@ -13,15 +13,7 @@ import jinja2
 from .layout import parameter, parenthesized
 from .model import Method, Object, Schema, Service
 from .tables import ImportTable, module_of
-from .verifiers import (
-    layout_readers,
-    plan,
-    render_each,
-    render_fast,
-    render_table,
-    render_union,
-    vtable_readers,
-)
+from .verifiers import plan, render_union
 
 STUB_SUFFIX = "_smf"
 
@@ -55,6 +47,7 @@ _MODULE_NAMES = frozenset(
         "unpacker",
         "Default",
         "Verifier",
+        "VerifyFn",
         # imports of services with streaming methods
         "AsyncIterable",
         "AsyncIterator",
@@ -152,9 +145,8 @@ class _ServiceView:
     server_doc: str = ""
     client_doc: str = ""
     encoders: list[tuple[str, str, str]] = field(default_factory=list)  # (fn, table, T)
-    verifiers: list[str] = field(default_factory=list)  # rendered functions and union maps
-    vtable_readers: list[str] = field(default_factory=list)  # the fast verifiers' constants
-    catches: bool = False  # a verifier catches VerificationError (to name a vector element)
+    verifiers: list[str] = field(default_factory=list)  # rendered union maps
+    verify_fn: bool = False  # a union map is empty (annotated with VerifyFn)
 
     @property
     def has_streams(self) -> bool:
@@ -239,6 +231,12 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
     for m in service.methods:
         taken.update({f"{m.name}_METHOD_ID", f"{m.name}_WIRE_ID"})
     imports = ImportTable(taken)
+    # Every reachable table's verifier, from its table's module: the methods' requests
+    # and responses are verified, the others re-exported (``S_smf.verify_T`` for each
+    # table the service reaches) with the maps of the unions on the way.
+    for obj in tables:
+        verify = verifiers.functions[obj.name]
+        imports.member(obj.name, f"verify_{obj.short_name}", verify, export=True)
 
     def local(obj: Object, suffix: str = "") -> str:
         return imports.name(obj.name, suffix)
@@ -311,23 +309,8 @@ def _view(service: Service, schema: Schema) -> _ServiceView:
             " " * 4,
         ),
     )
-    for obj in tables:
-        doc = docstring([f"Checks a ``{obj.name}`` table."], " " * 4)
-        view.verifiers.append(render_fast(schema, verifiers, obj, doc))
-        if obj.name in verifiers.vectors:
-            each = docstring(
-                [
-                    f"Checks the ``n`` ``{obj.name}`` tables of a vector whose offsets "
-                    "start at ``start``."
-                ],
-                " " * 4,
-            )
-            view.verifiers.append(render_each(schema, verifiers, obj, each))
-        general = docstring([f"The general checks of ``{obj.name}``: precise faults."], " " * 4)
-        view.verifiers.append(render_table(schema, verifiers, obj, general))
-    view.verifiers += [render_union(schema, verifiers, union) for union in unions]
-    view.vtable_readers = vtable_readers(schema, tables) + layout_readers(schema, verifiers, tables)
-    view.catches = any("except VerificationError" in code for code in view.verifiers)
+    view.verifiers = [render_union(schema, verifiers, union) for union in unions]
+    view.verify_fn = any("VerifyFn" in code for code in view.verifiers)
     seen: set[str] = set()
     for mv in methods:
         for table, table_t in ((mv.request, mv.request_t), (mv.response, mv.response_t)):

@@ -47,6 +47,7 @@ class ImportTable:
         self.taken = set(taken)
         self._prefix: dict[str, str] = {}  # qualified type -> prefix of its local names
         self._imports: dict[tuple[str, str], str] = {}  # (module, name) -> local name
+        self._exported: set[tuple[str, str]] = set()  # imported as ``name as name``
 
     def name(self, qualified: str, suffix: str = "") -> str:
         """The local name of ``qualified``'s class (``suffix`` "T": its object-API class)."""
@@ -67,6 +68,30 @@ class ImportTable:
         self._imports[(module_of(qualified), short + suffix)] = local
         return local
 
+    def member(
+        self, qualified: str, name: str, local: str | None = None, *, export: bool = False
+    ) -> str:
+        """Import ``name`` (a function, say ``verify_Item``) from ``qualified``'s module.
+
+        ``local`` fixes the local name (the caller has reserved it); else it is ``name``
+        unless that is taken, then ``_name``, then ``_a_b_name``. ``export``: imported
+        as ``name as name``, which ``mypy --strict`` counts as a re-export (a different
+        local name never is)."""
+        key = (module_of(qualified), name)
+        if key in self._imports:
+            return self._imports[key]
+        if local is None:
+            namespace = qualified.rpartition(".")[0]
+            candidates = [name, "_" + name, "_" + namespace.replace(".", "_") + "_" + name]
+            local = next((c for c in candidates if c not in self.taken), None)
+            if local is None:  # pragma: no cover - the namespace makes the last one unique
+                raise AssertionError(f"no local name for {name} of {qualified}")
+        self.taken.add(local)
+        self._imports[key] = local
+        if export:
+            self._exported.add(key)
+        return local
+
     def lines(self) -> list[str]:
         """The import statements, ordered and split as ruff's isort (default settings) wants:
         modules case-insensitively; per module one statement of the plain names, one per
@@ -78,7 +103,8 @@ class ImportTable:
         for module in sorted(by_module, key=lambda m: (m.lower(), m)):
             names = by_module[module]
             plain = sorted((n for n, local in names if n == local), key=_member_key)
-            statements = [(plain[0], ", ".join(plain))] if plain else []
+            spelled = [f"{n} as {n}" if (module, n) in self._exported else n for n in plain]
+            statements = [(plain[0], ", ".join(spelled))] if plain else []
             statements += [(n, f"{n} as {local}") for n, local in names if n != local]
             for _, members in sorted(statements, key=lambda st: _member_key(st[0])):
                 line = f"from {module} import {members}"

@@ -1,6 +1,7 @@
 # ruff: noqa: E501  (lines of generated code are kept whole, so the output can be read here)
-"""Renders the verifiers of a stub module: one ``verify_T(v, pos)`` per table a service
-sends or receives (and every table those reach), over the primitives of ``smf.verify``.
+"""Renders the verifiers of a table, into the table's own module: ``verify_T(v, pos)``
+over the primitives of ``smf.verify``; a stub module imports those of the tables its
+service sends or receives (and every table those reach).
 
 Each table gets three functions. ``verify_T`` (the fast path, ``render_fast``) checks the
 table and its fields in one inline expression and hands anything unusual to ``_check_T``;
@@ -15,9 +16,11 @@ fields in id order, one line per field, raising the precise fault::
         t.union(10, "shape", _Shape_VERIFIERS)
         t.tables(12, "points", verify_Point)
 
-A union gets a constant mapping its type values to the members' verifiers. The functions
-live in the service module (not a module per namespace): a stub module stays
-self-contained, and tables that refer to each other across namespaces need no imports.
+A union gets a constant mapping its type values to the members' verifiers, in the module
+of each table with a field of it (and in the stub modules that reach it). The verifiers of
+the tables a table holds are imported from their modules with the module's other imports
+of generated modules, at its end, and found when the functions are called: modules of
+tables that hold each other import each other, and load in either order.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import FunctionType, ModuleType
+from typing import Any
 
 from .layout import call
 from .model import BaseType, Enum, Field, Object, Schema, Type
+from .tables import ImportTable
 
 SCALAR_SIZES: dict[BaseType, int] = {
     BaseType.UTYPE: 1,
@@ -58,6 +64,12 @@ class Verifiers:
     unions: dict[str, str] = field(default_factory=dict)  # union -> _U_VERIFIERS
     vectors: dict[str, str] = field(default_factory=dict)  # vector element -> _each_T
     layouts: dict[str, str] = field(default_factory=dict)  # table -> _LAYOUT_T (smfc's)
+    runtime: dict[str, str] = field(default_factory=dict)  # smf.verify name -> local name
+
+    def rt(self, name: str) -> str:
+        """The local name of ``smf.verify``'s ``name`` (aliased where the module's own
+        table has that name)."""
+        return self.runtime.get(name, name)
 
     def names(self) -> set[str]:
         """The module-level names the verifiers define."""
@@ -135,7 +147,8 @@ def reachable(schema: Schema, roots: Iterable[Object]) -> tuple[list[Object], li
 
 
 def plan(schema: Schema, roots: Iterable[Object]) -> tuple[Verifiers, list[Object], list[Enum]]:
-    """Name the verifiers of everything reachable from ``roots``: ``verify_<Name>`` and
+    """A stub module's local names of the verifiers of everything reachable from
+    ``roots`` (each imported from its table's module): ``verify_<Name>`` and
     ``_<Name>_VERIFIERS``, with the namespace spelled in (``a_b_Name``) for bare names
     that two reachable types share."""
     tables, unions = reachable(schema, roots)
@@ -151,17 +164,126 @@ def plan(schema: Schema, roots: Iterable[Object]) -> tuple[Verifiers, list[Objec
     out = Verifiers()
     for t in tables:
         out.functions[t.name] = f"verify_{stem(t.name)}"
-        out.checks[t.name] = f"_check_{stem(t.name)}"
     for u in unions:
         out.unions[u.name] = f"_{stem(u.name)}_VERIFIERS"
-    for t in tables:
-        if not general_only(schema, t):
-            out.layouts[t.name] = f"_LAYOUT_{stem(t.name)}"
-        for f in _live(t.fields):
-            element = schema.objects.get(f.type.ref) if f.type.base is BaseType.VECTOR else None
-            if element is not None and not element.is_struct and not general_only(schema, element):
-                out.vectors[element.name] = f"_each_{stem(element.name)}"
     return out, tables, unions
+
+
+# ------------------------------------------------------------------ a table's own module
+
+RUNTIME = (
+    "OUT_OF_BOUNDS",
+    "VerificationError",
+    "Verifier",
+    "VerifyFn",
+    "unpacker",
+    "vtable_reader",
+)
+"""What the verifiers use from ``smf.verify`` (a leaf module, as ``smf.codec``)."""
+
+
+def _vector_elements(schema: Schema) -> set[str]:
+    """The tables some table of the schema holds in a vector."""
+    out = set()
+    for obj in schema.objects.values():
+        for f in _live(obj.fields):
+            element = schema.objects.get(f.type.ref) if f.type.base is BaseType.VECTOR else None
+            if element is not None and not element.is_struct:
+                out.add(element.name)
+    return out
+
+
+def _has_each(schema: Schema, obj: Object) -> bool:
+    """Whether ``obj``'s module defines ``_each_T`` (a table held in a vector somewhere,
+    whose fast path is all inline)."""
+    return obj.name in _vector_elements(schema) and not general_only(schema, obj)
+
+
+def _own_unions(schema: Schema, obj: Object) -> dict[str, str]:
+    """The unions of ``obj``'s fields -> the name of their map in its module."""
+    enums = sorted(
+        {f.type.ref for f in _live(obj.fields) if f.type.base is BaseType.UNION},
+    )
+    bare = [q.rpartition(".")[2] for q in enums]
+    return {
+        q: f"_{b if bare.count(b) == 1 else q.replace('.', '_')}_VERIFIERS"
+        for q, b in zip(enums, bare, strict=True)
+    }
+
+
+def own_names(schema: Schema, obj: Object) -> set[str]:
+    """The module-level names a table's verifiers bind in its module (so that the names
+    it imports are aliased around them)."""
+    short = obj.short_name
+    out = {f"verify_{short}", f"_check_{short}", f"_each_{short}", f"_LAYOUT_{short}"}
+    out |= {f"_VT_{_slots(obj) + 2}", *RUNTIME, *_own_unions(schema, obj).values()}
+    return out
+
+
+def table_verifiers(
+    schema: Schema, obj: Object, imports: ImportTable, runtime: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """The verifiers of table ``obj``, for its own module: the code that goes before the
+    module's imports of other generated modules (the constants, ``verify_T``, ``_each_T``
+    and ``_check_T``) and after them (the maps of its unions, built from the members'
+    verifiers, so they must be imported first).
+
+    Those of the tables it holds are imported from their modules. The functions resolve
+    them when called, so modules of tables that hold each other (``Thing`` and ``Peer``,
+    a cycle of imports) load in either order: each defines its functions before it
+    imports the others'."""
+    from .services import docstring  # (services imports this module)
+
+    short = obj.short_name
+    names = Verifiers(runtime=runtime)
+    names.functions[obj.name] = f"verify_{short}"
+    names.checks[obj.name] = f"_check_{short}"
+    if not general_only(schema, obj):
+        names.layouts[obj.name] = f"_LAYOUT_{short}"
+    if _has_each(schema, obj):
+        names.vectors[obj.name] = f"_each_{short}"
+    unions = _own_unions(schema, obj)
+    names.unions.update(unions)
+
+    def verifier(target: Object) -> None:
+        if target.name not in names.functions:
+            names.functions[target.name] = imports.member(
+                target.name, f"verify_{target.short_name}"
+            )
+
+    for f in _live(obj.fields):
+        t = f.type
+        target = schema.objects.get(t.ref) if t.item is BaseType.OBJ else None
+        if target is not None and not target.is_struct:
+            verifier(target)
+            vector = t.base is BaseType.VECTOR
+            if vector and target.name not in names.vectors and _has_each(schema, target):
+                names.vectors[target.name] = imports.member(
+                    target.name, f"_each_{target.short_name}"
+                )
+        elif t.base is BaseType.UNION:
+            for _, member in _union_members(schema.enums[t.ref], schema):
+                verifier(member)
+        nested = _nested_type(schema, obj, f)
+        if nested is not None:
+            verifier(nested)
+
+    def doc(text: str) -> str:
+        return docstring([text], " " * 4)
+
+    before = [
+        "\n".join(vtable_readers(schema, names, [obj]) + layout_readers(schema, names, [obj])),
+        render_fast(schema, names, obj, doc(f"Checks a ``{obj.name}`` table.")),
+    ]
+    if obj.name in names.vectors and names.vectors[obj.name] == f"_each_{short}":
+        each = (
+            f"Checks the ``n`` ``{obj.name}`` tables of a vector whose offsets start at ``start``."
+        )
+        before.append(render_each(schema, names, obj, doc(each)))
+    general = f"The general checks of ``{obj.name}``: precise faults."
+    before.append(render_table(schema, names, obj, doc(general)))
+    after = [render_union(schema, names, schema.enums[q]) for q in unions]
+    return before, after
 
 
 def _field_check(schema: Schema, names: Verifiers, owner: Object, f: Field) -> list[str] | None:
@@ -204,7 +326,9 @@ def _field_check(schema: Schema, names: Verifiers, owner: Object, f: Field) -> l
 
 def render_table(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     """``def _check_T(v, pos)``, the general path, formatted as ruff formats it."""
-    lines = call("", f"def {names.checks[obj.name]}", ["v: Verifier", "pos: int"], " -> None:")
+    lines = call(
+        "", f"def {names.checks[obj.name]}", [f"v: {names.rt('Verifier')}", "pos: int"], " -> None:"
+    )
     lines.append(doc)
     opening = f'v.table(pos, "{obj.short_name}")'
     checks = [c for f in _live(obj.fields) if (c := _field_check(schema, names, obj, f))]
@@ -221,7 +345,7 @@ def render_union(schema: Schema, names: Verifiers, enum: Enum) -> str:
     """The union's ``type value -> verifier`` map (exploded: ruff keeps it so)."""
     members = _union_members(enum, schema)
     if not members:
-        return f"{names.unions[enum.name]}: dict[int, VerifyFn] = {{}}"
+        return f"{names.unions[enum.name]}: dict[int, {names.rt('VerifyFn')}] = {{}}"
     lines = [f"{names.unions[enum.name]} = {{"]
     for value, member in members:
         lines.append(f"    {value}: {names.functions[member.name]},")
@@ -439,7 +563,7 @@ def layout_readers(schema: Schema, names: Verifiers, tables: Iterable[Object]) -
         if general_only(schema, t):
             continue
         fmt, _, _ = _encoded(schema, t, _fast(schema, names, t))
-        out.append(f'{names.layouts[t.name]}: Final = unpacker("{fmt}")')
+        out.append(f'{names.layouts[t.name]}: Final = {names.rt("unpacker")}("{fmt}")')
     return out
 
 
@@ -457,25 +581,25 @@ def render_fast(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     general checks of those fields."""
     fast = _fast(schema, names, obj)
     n = fast.n
-    lines = ["# fmt: off", f"def {names.functions[obj.name]}(v: Verifier, pos: int) -> None:", doc]
+    oob = names.rt("OUT_OF_BOUNDS")
+    lines = [f"def {names.functions[obj.name]}(v: {names.rt('Verifier')}, pos: int) -> None:", doc]
     lines += ["    u = v.words", "    buf = v.buf", "    size = v.size"]
     table = "not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos"
     generic = ["try:", *_vtable(fast, "    ", _READ_VTABLE.format(m=n + 2))]
     generic += _chain("    ", "ok = ", [table, *fast.single()])
-    generic += ["except OUT_OF_BOUNDS:", "    ok = False", "if not ok:"]
+    generic += [f"except {oob}:", "    ok = False", "if not ok:"]
     generic += [f"    {names.checks[obj.name]}(v, pos)", "    return"]
     if obj.name in names.layouts:
         _, unpacked, conditions = _encoded(schema, obj, fast)
         lines += ["    try:", f"        {unpacked} = {names.layouts[obj.name]}(buf, pos)"]
         lines += _chain("        ", "ok = ", conditions)
-        lines += ["    except OUT_OF_BOUNDS:", "        ok = False", "    if not ok:"]
+        lines += [f"    except {oob}:", "        ok = False", "    if not ok:"]
         lines += [f"        {line}" for line in generic]
     else:
         lines += [f"    {line}" for line in generic]
     if fast.general:
         lines.append(f'    t = v.table(pos, "{obj.short_name}")')
     lines += [f"    {line}" for line in fast.later]
-    lines.append("# fmt: on")
     return "\n".join(lines)
 
 
@@ -494,13 +618,13 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     if fast.later:
         later = ["        try:", *(f"            {line}" for line in fast.later)]
         later += [
-            "        except VerificationError as err:",
+            f"        except {names.rt('VerificationError')} as err:",
             '            err.within(table, f"{field}[{(at - start) >> 2}]")',
             "            raise",
         ]
+    oob = names.rt("OUT_OF_BOUNDS")
     lines = [
-        "# fmt: off",
-        f"def {names.vectors[obj.name]}(v: Verifier, start: int, n: int, table: str, field: str) -> None:",
+        f"def {names.vectors[obj.name]}(v: {names.rt('Verifier')}, start: int, n: int, table: str, field: str) -> None:",
         doc,
         "    v.tables += n",
         "    v.depth += 1",
@@ -518,7 +642,7 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
     ]
     lines += _chain("            ", "ok = ", conditions)
     lines += [
-        "        except OUT_OF_BOUNDS:",
+        f"        except {oob}:",
         "            ok = False",
         "        if not ok:",
         "            rest = at",
@@ -547,14 +671,14 @@ def render_each(schema: Schema, names: Verifiers, obj: Object, doc: str) -> str:
         ["good and not (pos & 3 | vt & 1) and tsize <= size - pos", *fast.dynamic()],
     )
     lines += [
-        "        except OUT_OF_BOUNDS:",
+        f"        except {oob}:",
         "            ok = False",
         "        if not ok:",
         f"            v.element({names.functions[obj.name]}, at, (at - start) >> 2, table, field)",
     ]
     if later:
         lines.append("            continue")
-    lines += [*later, "    v.depth -= 1", "# fmt: on"]
+    lines += [*later, "    v.depth -= 1"]
     return "\n".join(lines)
 
 
@@ -567,8 +691,50 @@ def general_only(schema: Schema, obj: Object) -> bool:
     return False
 
 
-def vtable_readers(schema: Schema, tables: Iterable[Object]) -> list[str]:
+def vtable_readers(schema: Schema, names: Verifiers, tables: Iterable[Object]) -> list[str]:
     """The module constants the fast verifiers unpack vtables with, one per field count:
     the vtable's size, the table's and the offsets of its fields."""
     counts = sorted({_slots(t) + 2 for t in tables})
-    return [f"_VT_{m}: Final = vtable_reader({m})" for m in counts]
+    return [f"_VT_{m}: Final = {names.rt('vtable_reader')}({m})" for m in counts]
+
+
+# ------------------------------------------------------------------ the reference
+
+
+def general_path(module: ModuleType) -> dict[str, Any]:
+    """The namespace of a generated module (a table's or a service's) with every
+    generated ``verify_T`` it reaches replaced by ``_check_T``, the general path alone:
+    no fast path anywhere, in the tables each table holds either (the reference the fast
+    path must match, for tests and benchmarks). The modules are left as they are: the
+    replacements are copies of the functions over copies of their modules' globals."""
+    copies: dict[int, dict[str, Any]] = {}  # id(a module's globals) -> its patched copy
+    generals: dict[int, FunctionType] = {}  # id(verify_T) -> _check_T over a patched copy
+
+    def is_verifier(value: object) -> bool:
+        if not isinstance(value, FunctionType) or not value.__name__.startswith("verify_"):
+            return False
+        return "_check_" + value.__name__.removeprefix("verify_") in value.__globals__
+
+    def general(fn: FunctionType) -> FunctionType:
+        found = generals.get(id(fn))
+        if found is None:
+            check = fn.__globals__["_check_" + fn.__name__.removeprefix("verify_")]
+            found = FunctionType(check.__code__, patched(fn.__globals__), check.__name__)
+            generals[id(fn)] = found
+        return found
+
+    def swap(value: object) -> object:
+        if isinstance(value, FunctionType) and is_verifier(value):
+            return general(value)
+        if isinstance(value, dict) and value and all(map(is_verifier, value.values())):
+            return {k: general(v) for k, v in value.items()}  # a union's map
+        return value
+
+    def patched(namespace: dict[str, Any]) -> dict[str, Any]:
+        copy = copies.get(id(namespace))
+        if copy is None:
+            copy = copies[id(namespace)] = {}  # first, so that cycles find it
+            copy.update({name: swap(value) for name, value in namespace.items()})
+        return copy
+
+    return patched(vars(module))

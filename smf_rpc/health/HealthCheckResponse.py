@@ -18,6 +18,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -160,3 +166,42 @@ def HealthCheckResponseEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_HealthCheckResponse: Final = unpacker("<i2xIH")
+
+
+def verify_HealthCheckResponse(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_rpc.health.HealthCheckResponse`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0 = _LAYOUT_HealthCheckResponse(buf, pos)
+        ok = (
+            s == -6 and h == 327686 and not pos & 3 and
+            (not x0 or (x0 == 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthCheckResponse(v, pos)
+            return
+
+
+def _check_HealthCheckResponse(v: Verifier, pos: int) -> None:
+    """The general checks of ``smf_rpc.health.HealthCheckResponse``: precise faults."""
+    t = v.table(pos, "HealthCheckResponse")
+    t.scalar(4, "status", 1)

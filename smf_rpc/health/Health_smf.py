@@ -16,20 +16,25 @@ from smf.stubs import (
     CallContext,
     Caller,
     Default,
-    OUT_OF_BOUNDS,
     Handler,
     Payload,
     Verifier,
     check_request,
     encode,
     name_methods,
-    unpacker,
-    vtable_reader,
 )
 from smf.stubs import StreamHandler, TypedStream, encoded, streaming
 
-from smf_rpc.health.HealthCheckRequest import HealthCheckRequest, HealthCheckRequestT
-from smf_rpc.health.HealthCheckResponse import HealthCheckResponse, HealthCheckResponseT
+from smf_rpc.health.HealthCheckRequest import (
+    HealthCheckRequest,
+    HealthCheckRequestT,
+    verify_HealthCheckRequest as verify_HealthCheckRequest,
+)
+from smf_rpc.health.HealthCheckResponse import (
+    HealthCheckResponse,
+    HealthCheckResponseT,
+    verify_HealthCheckResponse as verify_HealthCheckResponse,
+)
 
 SERVICE_NAME: Final = "Health"
 SERVICE_FQN: Final = "smf_rpc.health.Health"
@@ -208,82 +213,3 @@ def _encode_HealthCheckResponse(
         HealthCheckResponse,
         HealthCheckResponseT,
     )
-
-
-_VT_3: Final = vtable_reader(3)
-_LAYOUT_HealthCheckRequest: Final = unpacker("<iIIH")
-_LAYOUT_HealthCheckResponse: Final = unpacker("<i2xIH")
-
-
-# fmt: off
-def verify_HealthCheckRequest(v: Verifier, pos: int) -> None:
-    """Checks a ``smf_rpc.health.HealthCheckRequest`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, r0, h, x0 = _LAYOUT_HealthCheckRequest(buf, pos)
-        ok = (
-            s == -8 and h == 524294 and not pos & 3 and
-            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 6:
-                x0, = v.short_offsets(vt, vsize, 1)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_HealthCheckRequest(v, pos)
-            return
-# fmt: on
-
-
-def _check_HealthCheckRequest(v: Verifier, pos: int) -> None:
-    """The general checks of ``smf_rpc.health.HealthCheckRequest``: precise faults."""
-    t = v.table(pos, "HealthCheckRequest")
-    t.string(4, "service")
-
-
-# fmt: off
-def verify_HealthCheckResponse(v: Verifier, pos: int) -> None:
-    """Checks a ``smf_rpc.health.HealthCheckResponse`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, h, x0 = _LAYOUT_HealthCheckResponse(buf, pos)
-        ok = (
-            s == -6 and h == 327686 and not pos & 3 and
-            (not x0 or (x0 == 4))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 6:
-                x0, = v.short_offsets(vt, vsize, 1)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 < tsize))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_HealthCheckResponse(v, pos)
-            return
-# fmt: on
-
-
-def _check_HealthCheckResponse(v: Verifier, pos: int) -> None:
-    """The general checks of ``smf_rpc.health.HealthCheckResponse``: precise faults."""
-    t = v.table(pos, "HealthCheckResponse")
-    t.scalar(4, "status", 1)

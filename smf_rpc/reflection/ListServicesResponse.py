@@ -21,6 +21,12 @@ from smf.codec import (
     positions,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -206,5 +212,51 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_ListServicesResponse: Final = unpacker("<iIIH")
+
+
+def verify_ListServicesResponse(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_rpc.reflection.ListServicesResponse`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, h, x0 = _LAYOUT_ListServicesResponse(buf, pos)
+        ok = (
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ListServicesResponse(v, pos)
+            return
+    if x0:
+        _each_ServiceInfo(v, p0 + 4, u[p0 >> 2], "ListServicesResponse", "services")
+
+
+def _check_ListServicesResponse(v: Verifier, pos: int) -> None:
+    """The general checks of ``smf_rpc.reflection.ListServicesResponse``: precise faults."""
+    t = v.table(pos, "ListServicesResponse")
+    t.tables(4, "services", verify_ServiceInfo)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from smf_rpc.reflection.ServiceInfo import ServiceInfo, ServiceInfoT
+from smf_rpc.reflection.ServiceInfo import (
+    ServiceInfo,
+    ServiceInfoT,
+    _each_ServiceInfo,
+    verify_ServiceInfo,
+)

@@ -20,6 +20,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -173,3 +179,42 @@ def SchemaRequestEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_SchemaRequest: Final = unpacker("<iIIH")
+
+
+def verify_SchemaRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_rpc.reflection.SchemaRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, h, x0 = _LAYOUT_SchemaRequest(buf, pos)
+        ok = (
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_SchemaRequest(v, pos)
+            return
+
+
+def _check_SchemaRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``smf_rpc.reflection.SchemaRequest``: precise faults."""
+    t = v.table(pos, "SchemaRequest")
+    t.string(4, "service")

@@ -25,6 +25,13 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    VerificationError,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 4
@@ -289,5 +296,136 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_6: Final = vtable_reader(6)
+_LAYOUT_ServiceInfo: Final = unpacker("<iIII2xIHHHH")
+
+
+def verify_ServiceInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``smf_rpc.reflection.ServiceInfo`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
+        ok = (
+            s == -18 and h == 1114124 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 16))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ServiceInfo(v, pos)
+            return
+    if x2:
+        _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")
+
+
+def _each_ServiceInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``smf_rpc.reflection.ServiceInfo`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_ServiceInfo(buf, pos)
+            ok = (
+                s == -18 and h == 1114124 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 == 16))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x2:
+                _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_6(buf, vt)
+                vsize, tsize, x0, x1, x2, x3 = t
+                if vsize < 12:
+                    x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 < tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_ServiceInfo, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x2:
+                _each_MethodInfo(v, p2 + 4, u[p2 >> 2], "ServiceInfo", "methods")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
+
+
+def _check_ServiceInfo(v: Verifier, pos: int) -> None:
+    """The general checks of ``smf_rpc.reflection.ServiceInfo``: precise faults."""
+    t = v.table(pos, "ServiceInfo")
+    t.string(4, "name")
+    t.string(6, "fqn")
+    t.tables(8, "methods", verify_MethodInfo)
+    t.scalar(10, "has_schema", 1)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from smf_rpc.reflection.MethodInfo import MethodInfo, MethodInfoT
+from smf_rpc.reflection.MethodInfo import (
+    MethodInfo,
+    MethodInfoT,
+    _each_MethodInfo,
+    verify_MethodInfo,
+)

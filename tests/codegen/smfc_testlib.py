@@ -51,6 +51,7 @@ CORPUS_SCHEMAS = [
     SCHEMAS / "tables_only.fbs",
     SCHEMAS / "long_names.fbs",
     SCHEMAS / "verify.fbs",
+    SCHEMAS / "recursive.fbs",
     SCHEMAS / "codec.fbs",
     IDL / "demo.fbs",
 ]

@@ -27,6 +27,7 @@ import smf
 import smf.stubs as smf_stubs
 from smf.codec import UnionValue
 from smf.verify import VerificationError, Verifier, verify_buffer
+from smfc.verifiers import general_path
 
 pytest_plugins = ["smfc_testlib"]  # its fixtures: smfc_corpus, flatc_exe
 
@@ -67,6 +68,7 @@ SAMPLES = [
         "corpus.verify.Checker_smf",
     ),
     Sample("link.json", SCHEMAS / "verify.fbs", "corpus.verify.Link", "corpus.verify.Checker_smf"),
+    Sample("node.json", SCHEMAS / "recursive.fbs", "corpus.rec.a.Node", "corpus.rec.a.Walker_smf"),
     Sample(
         "sealed.json",
         SCHEMAS / "verify_nested.fbs",
@@ -259,6 +261,30 @@ def test_verifiers_cover_every_reachable_table(gen: Load) -> None:
         "verify_Thing",
         "verify_Peer",
     }
+
+
+def test_each_table_is_verified_by_code_generated_once(smfc_corpus: Path, gen: Load) -> None:
+    """A table's verifiers live in its own module; a stub module imports (and re-exports)
+    them, so a table that several services reach is verified by one function."""
+    for stub in smfc_corpus.rglob("*_smf.py"):
+        text = stub.read_text()
+        assert "def verify_" not in text and "def _check_" not in text, stub
+    shapes = gen("corpus.geo.deep.Shapes_smf")
+    figure, point = gen("corpus.geo.deep.Figure"), gen("corpus.common.Point")
+    assert shapes.verify_Figure is figure.verify_Figure
+    assert (
+        shapes.verify_Point
+        is point.verify_Point
+        is gen("corpus.geo.deep.Geometry_smf").verify_Point
+    )
+    assert figure._each_Point is point._each_Point
+    store = gen("multi.Store_smf")
+    assert store.verify_multi_a_Item is gen("multi.a.Item").verify_Item
+    assert store.verify_multi_b_Item is gen("multi.b.Item").verify_Item
+    assert (
+        gen("corpus.rec.a.Walker_smf")._Choice_VERIFIERS
+        == gen("corpus.rec.a.Node")._Choice_VERIFIERS
+    )
 
 
 # ----------------------------------------------------------------------------- corruptions
@@ -711,13 +737,9 @@ def test_corrupted_buffers_fail_cleanly_or_read_safely(
 
 def _general_path(stub: ModuleType) -> Callable[[str], Any]:
     """The stub module's verifiers with every ``verify_T`` replaced by ``_check_T``: the
-    general path alone, no fast path anywhere (the reference the fast path must match)."""
-    source = inspect.getsource(stub)
-    namespace: dict[str, Any] = {"__name__": stub.__name__ + "_general"}
-    exec(compile(source, f"<general path of {stub.__name__}>", "exec"), namespace)
-    for name in [n for n in namespace if n.startswith("_check_")]:
-        namespace["verify_" + name.removeprefix("_check_")] = namespace[name]
-    return namespace.__getitem__
+    general path alone, no fast path anywhere (the reference the fast path must match),
+    across the table modules the verifiers live in."""
+    return general_path(stub).__getitem__
 
 
 def _verdict(buf: bytes | bytearray, verify: Any) -> str | None:

@@ -17,6 +17,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -159,3 +165,42 @@ def AckEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_Ack: Final = unpacker("<i4xIH")
+
+
+def verify_Ack(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Ack`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0 = _LAYOUT_Ack(buf, pos)
+        ok = (
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Ack(v, pos)
+            return
+
+
+def _check_Ack(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.Ack``: precise faults."""
+    t = v.table(pos, "Ack")
+    t.scalar(4, "accepted", 4)

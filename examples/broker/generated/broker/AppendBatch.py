@@ -21,6 +21,12 @@ from smf.codec import (
     positions,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 2
@@ -266,6 +272,62 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_4: Final = vtable_reader(4)
+_LAYOUT_AppendBatch: Final = unpacker("<iIIIHH")
+
+
+def verify_AppendBatch(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AppendBatch`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r1, h, x0, x1 = _LAYOUT_AppendBatch(buf, pos)
+        ok = (
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AppendBatch(v, pos)
+            return
+    if x0:
+        _each_AppendRequest(v, p0 + 4, u[p0 >> 2], "AppendBatch", "requests")
+    if x1:
+        _each_AppendResponse(v, p1 + 4, u[p1 >> 2], "AppendBatch", "responses")
+
+
+def _check_AppendBatch(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.AppendBatch``: precise faults."""
+    t = v.table(pos, "AppendBatch")
+    t.tables(4, "requests", verify_AppendRequest)
+    t.tables(6, "responses", verify_AppendResponse)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.AppendRequest import AppendRequest, AppendRequestT
-from broker.AppendResponse import AppendResponse, AppendResponseT
+from broker.AppendRequest import (
+    AppendRequest,
+    AppendRequestT,
+    _each_AppendRequest,
+    verify_AppendRequest,
+)
+from broker.AppendResponse import (
+    AppendResponse,
+    AppendResponseT,
+    _each_AppendResponse,
+    verify_AppendResponse,
+)

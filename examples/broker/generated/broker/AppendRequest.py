@@ -22,6 +22,13 @@ from smf.codec import (
     positions,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    VerificationError,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 8
@@ -340,5 +347,154 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_10: Final = vtable_reader(10)
+_LAYOUT_AppendRequest: Final = unpacker("<i52xIIHHHHHHHH")
+
+
+def verify_AppendRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.AppendRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
+        ok = (
+            s == -60 and h == 3932180 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 48)) and
+            (not x3 or (x3 == 52)) and
+            (not x4 or (x4 == 24)) and
+            (not x5 or (x5 == 32)) and
+            (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
+            (not x7 or (x7 == 40))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = _VT_10(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 20:
+                x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (x7 + 8 <= tsize and not (pos + x7) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_AppendRequest(v, pos)
+            return
+    if x6:
+        _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+
+
+def _each_AppendRequest(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.AppendRequest`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r6, h, x0, x1, x2, x3, x4, x5, x6, x7 = _LAYOUT_AppendRequest(buf, pos)
+            ok = (
+                s == -60 and h == 3932180 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 48)) and
+                (not x3 or (x3 == 52)) and
+                (not x4 or (x4 == 24)) and
+                (not x5 or (x5 == 32)) and
+                (not x6 or (x6 == 56 and r6 and not r6 & 3 and u[(p6 := pos + 56 + r6) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (x7 == 40))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x6:
+                _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_10(buf, vt)
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7 = t
+                if vsize < 20:
+                    x0, x1, x2, x3, x4, x5, x6, x7 = v.short_offsets(vt, vsize, 8)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 20 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
+                        (not x7 or (x7 + 8 <= tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or ((r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 4 <= size - p6 - 4)) and
+                (not x7 or (not (pos + x7) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_AppendRequest, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x6:
+                _each_LogEntry(v, p6 + 4, u[p6 >> 2], "AppendRequest", "entries")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
+
+
+def _check_AppendRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.AppendRequest``: precise faults."""
+    t = v.table(pos, "AppendRequest")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "prev_index", 8)
+    t.scalar(14, "prev_term", 8)
+    t.tables(16, "entries", verify_LogEntry)
+    t.scalar(18, "leader_commit", 8)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.LogEntry import LogEntry, LogEntryT
+from broker.LogEntry import LogEntry, LogEntryT, _each_LogEntry, verify_LogEntry

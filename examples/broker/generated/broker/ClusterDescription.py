@@ -24,6 +24,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 6
@@ -367,6 +373,64 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_8: Final = vtable_reader(8)
+_LAYOUT_ClusterDescription: Final = unpacker("<iII8xIIIHHHHHH")
+
+
+def verify_ClusterDescription(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.ClusterDescription`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r1, r4, r5, h, x0, x1, x2, x3, x4, x5 = _LAYOUT_ClusterDescription(buf, pos)
+        ok = (
+            s == -28 and h == 1835024 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12)) and
+            (not x3 or (x3 == 16)) and
+            (not x4 or (x4 == 20 and r4 and not r4 & 3 and u[(p4 := pos + 20 + r4) >> 2] * 4 <= size - p4 - 4)) and
+            (not x5 or (x5 == 24 and r5 and not r5 & 3 and u[(p5 := pos + 24 + r5) >> 2] * 4 <= size - p5 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5 = _VT_8(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 16:
+                x0, x1, x2, x3, x4, x5 = v.short_offsets(vt, vsize, 6)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
+                (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 4 <= size - p5 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ClusterDescription(v, pos)
+            return
+    if x4:
+        _each_NodeInfo(v, p4 + 4, u[p4 >> 2], "ClusterDescription", "nodes")
+    if x5:
+        _each_TopicInfo(v, p5 + 4, u[p5 >> 2], "ClusterDescription", "topics")
+
+
+def _check_ClusterDescription(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.ClusterDescription``: precise faults."""
+    t = v.table(pos, "ClusterDescription")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+    t.scalar(8, "node_id", 4)
+    t.scalar(10, "controller_leader", 4)
+    t.tables(12, "nodes", verify_NodeInfo)
+    t.tables(14, "topics", verify_TopicInfo)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.NodeInfo import NodeInfo, NodeInfoT
-from broker.TopicInfo import TopicInfo, TopicInfoT
+from broker.NodeInfo import NodeInfo, NodeInfoT, _each_NodeInfo, verify_NodeInfo
+from broker.TopicInfo import TopicInfo, TopicInfoT, _each_TopicInfo, verify_TopicInfo

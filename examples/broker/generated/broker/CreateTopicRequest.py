@@ -20,6 +20,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -211,3 +217,48 @@ def CreateTopicRequestEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_5: Final = vtable_reader(5)
+_LAYOUT_CreateTopicRequest: Final = unpacker("<iI8xIHHH")
+
+
+def verify_CreateTopicRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.CreateTopicRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, h, x0, x1, x2 = _LAYOUT_CreateTopicRequest(buf, pos)
+        ok = (
+            s == -16 and h == 1048586 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 12))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_CreateTopicRequest(v, pos)
+            return
+
+
+def _check_CreateTopicRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.CreateTopicRequest``: precise faults."""
+    t = v.table(pos, "CreateTopicRequest")
+    t.string(4, "name")
+    t.scalar(6, "partitions", 4)
+    t.scalar(8, "replicas", 4)

@@ -25,6 +25,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 4
@@ -289,5 +295,55 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_6: Final = vtable_reader(6)
+_LAYOUT_FetchReply: Final = unpacker("<i12xIIIIHHHH")
+
+
+def verify_FetchReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.FetchReply`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r1, r2, h, x0, x1, x2, x3 = _LAYOUT_FetchReply(buf, pos)
+        ok = (
+            s == -28 and h == 1835020 and not pos & 7 and
+            (not x0 or (x0 == 16 and r0 and not r0 & 3 and not buf[(p := pos + 16 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 20 and r1 and not r1 & 3 and not buf[(p := pos + 20 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 24 and r2 and not r2 & 3 and u[(p2 := pos + 24 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 8))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 + 8 <= tsize and not (pos + x3) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_FetchReply(v, pos)
+            return
+    if x2:
+        _each_Record(v, p2 + 4, u[p2 >> 2], "FetchReply", "records")
+
+
+def _check_FetchReply(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.FetchReply``: precise faults."""
+    t = v.table(pos, "FetchReply")
+    t.string(4, "error")
+    t.string(6, "leader_address")
+    t.tables(8, "records", verify_Record)
+    t.scalar(10, "high_watermark", 8)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.Record import Record, RecordT
+from broker.Record import Record, RecordT, _each_Record, verify_Record

@@ -22,6 +22,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 5
@@ -251,3 +257,54 @@ def FetchRequestEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_7: Final = vtable_reader(7)
+_LAYOUT_FetchRequest: Final = unpacker("<i12xI10xIHHHHH")
+
+
+def verify_FetchRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.FetchRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, h, x0, x1, x2, x3, x4 = _LAYOUT_FetchRequest(buf, pos)
+        ok = (
+            s == -30 and h == 1900558 and not pos & 7 and
+            (not x0 or (x0 == 16 and r0 and not r0 & 3 and not buf[(p := pos + 16 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 20)) and
+            (not x2 or (x2 == 8)) and
+            (not x3 or (x3 == 24)) and
+            (not x4 or (x4 == 28))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 8 <= tsize and not (pos + x2) & 7)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_FetchRequest(v, pos)
+            return
+
+
+def _check_FetchRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.FetchRequest``: precise faults."""
+    t = v.table(pos, "FetchRequest")
+    t.string(4, "topic")
+    t.scalar(6, "partition", 4)
+    t.scalar(8, "offset", 8)
+    t.scalar(10, "max_records", 4)
+    t.scalar(12, "local", 1)

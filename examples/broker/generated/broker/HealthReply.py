@@ -19,6 +19,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 5
@@ -237,3 +243,54 @@ def HealthReplyEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_7: Final = vtable_reader(7)
+_LAYOUT_HealthReply: Final = unpacker("<i26xIHHHHH")
+
+
+def verify_HealthReply(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HealthReply`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0, x1, x2, x3, x4 = _LAYOUT_HealthReply(buf, pos)
+        ok = (
+            s == -30 and h == 1900558 and not pos & 7 and
+            (not x0 or (x0 == 16)) and
+            (not x1 or (x1 == 28)) and
+            (not x2 or (x2 == 20)) and
+            (not x3 or (x3 == 24)) and
+            (not x4 or (x4 == 8))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 < tsize)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthReply(v, pos)
+            return
+
+
+def _check_HealthReply(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.HealthReply``: precise faults."""
+    t = v.table(pos, "HealthReply")
+    t.scalar(4, "node_id", 4)
+    t.scalar(6, "ok", 1)
+    t.scalar(8, "groups", 4)
+    t.scalar(10, "leader_of", 4)
+    t.scalar(12, "uptime_ms", 8)

@@ -14,6 +14,12 @@ from smf.codec import (
     U32,
     deref,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 0
@@ -130,3 +136,37 @@ def HealthRequestEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_2: Final = vtable_reader(2)
+_LAYOUT_HealthRequest: Final = unpacker("<iI")
+
+
+def verify_HealthRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.HealthRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h = _LAYOUT_HealthRequest(buf, pos)
+        ok = (
+            s == -4 and h == 262148 and not pos & 3
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_HealthRequest(v, pos)
+            return
+
+
+def _check_HealthRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.HealthRequest``: precise faults."""
+    v.table(pos, "HealthRequest")

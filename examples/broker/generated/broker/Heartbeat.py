@@ -18,6 +18,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 5
@@ -236,3 +242,117 @@ def HeartbeatEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_7: Final = vtable_reader(7)
+_LAYOUT_Heartbeat: Final = unpacker("<i36xIHHHHH")
+
+
+def verify_Heartbeat(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Heartbeat`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
+        ok = (
+            s == -40 and h == 2621454 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 32)) and
+            (not x3 or (x3 == 36)) and
+            (not x4 or (x4 == 24))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4 = _VT_7(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 14:
+                x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Heartbeat(v, pos)
+            return
+
+
+def _each_Heartbeat(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Heartbeat`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4 = _LAYOUT_Heartbeat(buf, pos)
+            ok = (
+                s == -40 and h == 2621454 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 32)) and
+                (not x3 or (x3 == 36)) and
+                (not x4 or (x4 == 24))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_7(buf, vt)
+                vsize, tsize, x0, x1, x2, x3, x4 = t
+                if vsize < 14:
+                    x0, x1, x2, x3, x4 = v.short_offsets(vt, vsize, 5)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 14 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Heartbeat, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_Heartbeat(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.Heartbeat``: precise faults."""
+    t = v.table(pos, "Heartbeat")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "leader_commit", 8)

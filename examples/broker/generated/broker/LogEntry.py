@@ -25,6 +25,12 @@ from smf.codec import (
     short_vtable,
     view,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 4
@@ -271,3 +277,112 @@ def LogEntryEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_6: Final = vtable_reader(6)
+_LAYOUT_LogEntry: Final = unpacker("<i20xI2xIHHHH")
+
+
+def verify_LogEntry(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.LogEntry`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
+        ok = (
+            s == -30 and h == 1900556 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 28)) and
+            (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3 = _VT_6(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 12:
+                x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 < tsize)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_LogEntry(v, pos)
+            return
+
+
+def _each_LogEntry(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.LogEntry`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r3, h, x0, x1, x2, x3 = _LAYOUT_LogEntry(buf, pos)
+            ok = (
+                s == -30 and h == 1900556 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 28)) and
+                (not x3 or (x3 == 24 and r3 and not r3 & 3 and u[(p3 := pos + 24 + r3) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_6(buf, vt)
+                vsize, tsize, x0, x1, x2, x3 = t
+                if vsize < 12:
+                    x0, x1, x2, x3 = v.short_offsets(vt, vsize, 4)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 12 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 < tsize)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 1 <= size - p3 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_LogEntry, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_LogEntry(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.LogEntry``: precise faults."""
+    t = v.table(pos, "LogEntry")
+    t.scalar(4, "term", 8)
+    t.scalar(6, "index", 8)
+    t.scalar(8, "kind", 1)
+    t.vector(10, "data", 1)

@@ -21,6 +21,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -212,3 +218,105 @@ def NodeInfoEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_5: Final = vtable_reader(5)
+_LAYOUT_NodeInfo: Final = unpacker("<i4xI2xIHHH")
+
+
+def verify_NodeInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.NodeInfo`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
+        ok = (
+            s == -14 and h == 851978 and not pos & 3 and
+            (not x0 or (x0 == 4)) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 == 12))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_NodeInfo(v, pos)
+            return
+
+
+def _each_NodeInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.NodeInfo`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, h, x0, x1, x2 = _LAYOUT_NodeInfo(buf, pos)
+            ok = (
+                s == -14 and h == 851978 and not pos & 3 and
+                (not x0 or (x0 == 4)) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and not buf[(p := pos + 8 + r1) + 4 + u[p >> 2]])) and
+                (not x2 or (x2 == 12))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 < tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_NodeInfo, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_NodeInfo(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.NodeInfo``: precise faults."""
+    t = v.table(pos, "NodeInfo")
+    t.scalar(4, "id", 4)
+    t.string(6, "address")
+    t.scalar(8, "alive", 1)

@@ -24,6 +24,12 @@ from smf.codec import (
     scalars,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 7
@@ -314,3 +320,131 @@ def PartitionInfoEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_9: Final = vtable_reader(9)
+_LAYOUT_PartitionInfo: Final = unpacker("<i40xI4xIHHHHHHH")
+
+
+def verify_PartitionInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.PartitionInfo`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
+        ok = (
+            s == -52 and h == 3407890 and not pos & 7 and
+            (not x0 or (x0 == 40)) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
+            (not x3 or (x3 == 48)) and
+            (not x4 or (x4 == 16)) and
+            (not x5 or (x5 == 24)) and
+            (not x6 or (x6 == 32))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 18:
+                x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 + 8 <= tsize and not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_PartitionInfo(v, pos)
+            return
+
+
+def _each_PartitionInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.PartitionInfo`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_PartitionInfo(buf, pos)
+            ok = (
+                s == -52 and h == 3407890 and not pos & 7 and
+                (not x0 or (x0 == 40)) and
+                (not x1 or (x1 == 8)) and
+                (not x2 or (x2 == 44 and r2 and not r2 & 3 and u[(p2 := pos + 44 + r2) >> 2] * 4 <= size - p2 - 4)) and
+                (not x3 or (x3 == 48)) and
+                (not x4 or (x4 == 16)) and
+                (not x5 or (x5 == 24)) and
+                (not x6 or (x6 == 32))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_9(buf, vt)
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
+                if vsize < 18:
+                    x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 + 8 <= tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7)) and
+                (not x6 or (not (pos + x6) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_PartitionInfo, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_PartitionInfo(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.PartitionInfo``: precise faults."""
+    t = v.table(pos, "PartitionInfo")
+    t.scalar(4, "partition", 4)
+    t.scalar(6, "group", 8)
+    t.vector(8, "replicas", 4)
+    t.scalar(10, "leader", 4)
+    t.scalar(12, "term", 8)
+    t.scalar(14, "commit_index", 8)
+    t.scalar(16, "last_index", 8)

@@ -24,6 +24,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -258,5 +264,52 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_5: Final = vtable_reader(5)
+_LAYOUT_ProduceRequest: Final = unpacker("<iI4xIIHHH")
+
+
+def verify_ProduceRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.ProduceRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r2, h, x0, x1, x2 = _LAYOUT_ProduceRequest(buf, pos)
+        ok = (
+            s == -16 and h == 1048586 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8)) and
+            (not x2 or (x2 == 12 and r2 and not r2 & 3 and u[(p2 := pos + 12 + r2) >> 2] * 4 <= size - p2 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 4 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ProduceRequest(v, pos)
+            return
+    if x2:
+        _each_Value(v, p2 + 4, u[p2 >> 2], "ProduceRequest", "values")
+
+
+def _check_ProduceRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.ProduceRequest``: precise faults."""
+    t = v.table(pos, "ProduceRequest")
+    t.string(4, "topic")
+    t.scalar(6, "partition", 4)
+    t.tables(8, "values", verify_Value)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.Value import Value, ValueT
+from broker.Value import Value, ValueT, _each_Value, verify_Value

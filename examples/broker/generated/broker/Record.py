@@ -25,6 +25,12 @@ from smf.codec import (
     short_vtable,
     view,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -252,3 +258,106 @@ def RecordEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_5: Final = vtable_reader(5)
+_LAYOUT_Record: Final = unpacker("<i16xIIHHH")
+
+
+def verify_Record(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Record`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
+        ok = (
+            s == -24 and h == 1572874 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Record(v, pos)
+            return
+
+
+def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Record`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2 = _LAYOUT_Record(buf, pos)
+            ok = (
+                s == -24 and h == 1572874 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 20 and r2 and not r2 & 3 and u[(p2 := pos + 20 + r2) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and u[(p2 := a + r) >> 2] * 1 <= size - p2 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Record, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_Record(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.Record``: precise faults."""
+    t = v.table(pos, "Record")
+    t.scalar(4, "offset", 8)
+    t.scalar(6, "crc", 4)
+    t.vector(8, "value", 1)

@@ -24,6 +24,13 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    VerificationError,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 2
@@ -239,5 +246,123 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_4: Final = vtable_reader(4)
+_LAYOUT_TopicInfo: Final = unpacker("<iIIIHH")
+
+
+def verify_TopicInfo(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.TopicInfo`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
+        ok = (
+            s == -12 and h == 786440 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_TopicInfo(v, pos)
+            return
+    if x1:
+        _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+
+
+def _each_TopicInfo(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.TopicInfo`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, r1, h, x0, x1 = _LAYOUT_TopicInfo(buf, pos)
+            ok = (
+                s == -12 and h == 786440 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and not buf[(p := pos + 4 + r0) + 4 + u[p >> 2]])) and
+                (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x1:
+                _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
+                vsize, tsize, x0, x1 = t
+                if vsize < 8:
+                    x0, x1 = v.short_offsets(vt, vsize, 2)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_TopicInfo, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x1:
+                _each_PartitionInfo(v, p1 + 4, u[p1 >> 2], "TopicInfo", "partitions")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
+
+
+def _check_TopicInfo(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.TopicInfo``: precise faults."""
+    t = v.table(pos, "TopicInfo")
+    t.string(4, "name")
+    t.tables(6, "partitions", verify_PartitionInfo)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from broker.PartitionInfo import PartitionInfo, PartitionInfoT
+from broker.PartitionInfo import (
+    PartitionInfo,
+    PartitionInfoT,
+    _each_PartitionInfo,
+    verify_PartitionInfo,
+)

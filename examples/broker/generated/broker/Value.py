@@ -24,6 +24,12 @@ from smf.codec import (
     short_vtable,
     view,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -213,3 +219,95 @@ def ValueEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_Value: Final = unpacker("<iIIH")
+
+
+def verify_Value(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.Value`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r0, h, x0 = _LAYOUT_Value(buf, pos)
+        ok = (
+            s == -8 and h == 524294 and not pos & 3 and
+            (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Value(v, pos)
+            return
+
+
+def _each_Value(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.Value`` tables of a vector whose offsets start at ``start``."""
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r0, h, x0 = _LAYOUT_Value(buf, pos)
+            ok = (
+                s == -8 and h == 524294 and not pos & 3 and
+                (not x0 or (x0 == 4 and r0 and not r0 & 3 and u[(p0 := pos + 4 + r0) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_3(buf, vt)
+                vsize, tsize, x0 = t
+                if vsize < 6:
+                    x0, = v.short_offsets(vt, vsize, 1)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 6 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 4 <= tsize and not x0 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or ((r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 1 <= size - p0 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Value, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_Value(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.Value``: precise faults."""
+    t = v.table(pos, "Value")
+    t.vector(4, "data", 1)

@@ -19,6 +19,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 7
@@ -275,3 +281,130 @@ def VoteRequestEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_9: Final = vtable_reader(9)
+_LAYOUT_VoteRequest: Final = unpacker("<i46xIHHHHHHH")
+
+
+def verify_VoteRequest(v: Verifier, pos: int) -> None:
+    """Checks a ``broker.VoteRequest`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
+        ok = (
+            s == -50 and h == 3211282 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16)) and
+            (not x2 or (x2 == 40)) and
+            (not x3 or (x3 == 44)) and
+            (not x4 or (x4 == 24)) and
+            (not x5 or (x5 == 32)) and
+            (not x6 or (x6 == 48))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = _VT_9(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 18:
+                x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 8 <= tsize and not (pos + x1) & 7)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                (not x4 or (x4 + 8 <= tsize and not (pos + x4) & 7)) and
+                (not x5 or (x5 + 8 <= tsize and not (pos + x5) & 7)) and
+                (not x6 or (x6 < tsize))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_VoteRequest(v, pos)
+            return
+
+
+def _each_VoteRequest(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``broker.VoteRequest`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, h, x0, x1, x2, x3, x4, x5, x6 = _LAYOUT_VoteRequest(buf, pos)
+            ok = (
+                s == -50 and h == 3211282 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16)) and
+                (not x2 or (x2 == 40)) and
+                (not x3 or (x3 == 44)) and
+                (not x4 or (x4 == 24)) and
+                (not x5 or (x5 == 32)) and
+                (not x6 or (x6 == 48))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_9(buf, vt)
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6 = t
+                if vsize < 18:
+                    x0, x1, x2, x3, x4, x5, x6 = v.short_offsets(vt, vsize, 7)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 18 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 8 <= tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 8 <= tsize)) and
+                        (not x5 or (x5 + 8 <= tsize)) and
+                        (not x6 or (x6 < tsize))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or (not (pos + x1) & 7)) and
+                (not x4 or (not (pos + x4) & 7)) and
+                (not x5 or (not (pos + x5) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_VoteRequest, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_VoteRequest(v: Verifier, pos: int) -> None:
+    """The general checks of ``broker.VoteRequest``: precise faults."""
+    t = v.table(pos, "VoteRequest")
+    t.scalar(4, "group", 8)
+    t.scalar(6, "term", 8)
+    t.scalar(8, "src", 4)
+    t.scalar(10, "dst", 4)
+    t.scalar(12, "last_log_index", 8)
+    t.scalar(14, "last_log_term", 8)
+    t.scalar(16, "pre_vote", 1)

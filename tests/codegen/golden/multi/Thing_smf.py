@@ -16,20 +16,18 @@ from smf.stubs import (
     CallContext,
     Caller,
     Default,
-    OUT_OF_BOUNDS,
     Handler,
     Payload,
-    VerificationError,
     Verifier,
     check_request,
     encode,
     name_methods,
-    unpacker,
-    vtable_reader,
 )
 
+from Peer import verify_Peer as verify_Peer
 from Thing import Thing as _Thing
 from Thing import ThingT as _ThingT
+from Thing import verify_Thing as verify_Thing
 
 SERVICE_NAME: Final = "Thing"
 SERVICE_FQN: Final = "Thing"
@@ -135,164 +133,3 @@ def _encode__Thing(
         _Thing,
         _ThingT,
     )
-
-
-_VT_4: Final = vtable_reader(4)
-_LAYOUT_Peer: Final = unpacker("<iIIIHH")
-_LAYOUT_Thing: Final = unpacker("<i4xIIHH")
-
-
-# fmt: off
-def verify_Peer(v: Verifier, pos: int) -> None:
-    """Checks a ``Peer`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, r0, r1, h, x0, x1 = _LAYOUT_Peer(buf, pos)
-        ok = (
-            s == -12 and h == 786440 and not pos & 3 and
-            (not x0 or (x0 == 4 and r0 and (c0 := pos + 4 + r0) < size)) and
-            (not x1 or (x1 == 8 and r1 and not r1 & 3 and u[(p1 := pos + 8 + r1) >> 2] * 4 <= size - p1 - 4))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 8:
-                x0, x1 = v.short_offsets(vt, vsize, 2)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and (c0 := a + r) < size)) and
-                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 4 <= size - p1 - 4))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_Peer(v, pos)
-            return
-    if x0:
-        v.visit(verify_Thing, c0, "Peer", "thing", -1)
-    if x1:
-        _each_Thing(v, p1 + 4, u[p1 >> 2], "Peer", "things")
-# fmt: on
-
-
-def _check_Peer(v: Verifier, pos: int) -> None:
-    """The general checks of ``Peer``: precise faults."""
-    t = v.table(pos, "Peer")
-    t.table(4, "thing", verify_Thing)
-    t.tables(6, "things", verify_Thing)
-
-
-# fmt: off
-def verify_Thing(v: Verifier, pos: int) -> None:
-    """Checks a ``Thing`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
-        ok = (
-            s == -12 and h == 786440 and not pos & 3 and
-            (not x0 or (x0 == 4)) and
-            (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 8:
-                x0, x1 = v.short_offsets(vt, vsize, 2)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_Thing(v, pos)
-            return
-    if x1:
-        v.visit(verify_Peer, c1, "Thing", "peer", -1)
-# fmt: on
-
-
-# fmt: off
-def _each_Thing(v: Verifier, start: int, n: int, table: str, field: str) -> None:
-    """Checks the ``n`` ``Thing`` tables of a vector whose offsets start at ``start``."""
-    v.tables += n
-    v.depth += 1
-    if v.depth > v.max_depth or v.tables > v.max_tables:
-        v.over_limits(start, table, field)
-    u = v.words
-    buf = v.buf
-    size = v.size
-    end = rest = start + 4 * n
-    ok: object = True
-    for at in range(start, end, 4):  # smfc's layout
-        try:
-            pos = at + u[at >> 2]
-            s, r1, h, x0, x1 = _LAYOUT_Thing(buf, pos)
-            ok = (
-                s == -12 and h == 786440 and not pos & 3 and
-                (not x0 or (x0 == 4)) and
-                (not x1 or (x1 == 8 and r1 and (c1 := pos + 8 + r1) < size))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            rest = at
-            break
-        try:
-            if x1:
-                v.visit(verify_Peer, c1, "Thing", "peer", -1)
-        except VerificationError as err:
-            err.within(table, f"{field}[{(at - start) >> 2}]")
-            raise
-    known: object = None
-    good: object = False
-    shared = -1
-    for at in range(rest, end, 4):  # any layout
-        try:
-            pos = at + u[at >> 2]
-            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
-                t = _VT_4(buf, vt)
-                vsize, tsize, x0, x1 = t
-                if vsize < 8:
-                    x0, x1 = v.short_offsets(vt, vsize, 2)
-                if t != known:
-                    known = t
-                    good = (
-                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                        (not x0 or (x0 + 4 <= tsize and not x0 & 3)) and
-                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
-                    )
-                shared = vt  # a Builder shares one vtable among alike tables
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and (c1 := a + r) < size))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_Thing, at, (at - start) >> 2, table, field)
-            continue
-        try:
-            if x1:
-                v.visit(verify_Peer, c1, "Thing", "peer", -1)
-        except VerificationError as err:
-            err.within(table, f"{field}[{(at - start) >> 2}]")
-            raise
-    v.depth -= 1
-# fmt: on
-
-
-def _check_Thing(v: Verifier, pos: int) -> None:
-    """The general checks of ``Thing``: precise faults."""
-    t = v.table(pos, "Thing")
-    t.scalar(4, "id", 4)
-    t.table(6, "peer", verify_Peer)

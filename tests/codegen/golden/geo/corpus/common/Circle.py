@@ -18,6 +18,12 @@ from smf.codec import (
     deref,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 1
@@ -160,3 +166,42 @@ def CircleEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_3: Final = vtable_reader(3)
+_LAYOUT_Circle: Final = unpacker("<i12xIH")
+
+
+def verify_Circle(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Circle`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, h, x0 = _LAYOUT_Circle(buf, pos)
+        ok = (
+            s == -16 and h == 1048582 and not pos & 7 and
+            (not x0 or (x0 == 8))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 6:
+                x0, = v.short_offsets(vt, vsize, 1)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Circle(v, pos)
+            return
+
+
+def _check_Circle(v: Verifier, pos: int) -> None:
+    """The general checks of ``corpus.common.Circle``: precise faults."""
+    t = v.table(pos, "Circle")
+    t.scalar(4, "radius", 8)

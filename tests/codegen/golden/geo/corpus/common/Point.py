@@ -26,6 +26,12 @@ from smf.codec import (
     strings_end,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -239,6 +245,110 @@ def PointEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_5: Final = vtable_reader(5)
+_LAYOUT_Point: Final = unpacker("<i12xI2xIHHH")
+
+
+def verify_Point(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.common.Point`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
+        ok = (
+            s == -22 and h == 1376266 and not pos & 3 and
+            (not x0 or (x0 == 4)) and
+            (not x1 or (x1 == 20)) and
+            (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 10:
+                x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+                (not x1 or (x1 < tsize)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Point(v, pos)
+            return
+
+
+def _each_Point(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``corpus.common.Point`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r2, h, x0, x1, x2 = _LAYOUT_Point(buf, pos)
+            ok = (
+                s == -22 and h == 1376266 and not pos & 3 and
+                (not x0 or (x0 == 4)) and
+                (not x1 or (x1 == 20)) and
+                (not x2 or (x2 == 16 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 16 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_5(buf, vt)
+                vsize, tsize, x0, x1, x2 = t
+                if vsize < 10:
+                    x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 10 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 12 <= tsize and not x0 & 3)) and
+                        (not x1 or (x1 < tsize)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2)))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Point, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_Point(v: Verifier, pos: int) -> None:
+    """The general checks of ``corpus.common.Point``: precise faults."""
+    t = v.table(pos, "Point")
+    t.struct(4, "pos", 12, 4)
+    t.scalar(6, "color", 1)
+    t.strings(8, "tags")
 
 
 # Imports of other generated modules come last: types may refer to each other.

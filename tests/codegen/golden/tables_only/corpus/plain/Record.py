@@ -38,6 +38,13 @@ from smf.codec import (
     utf8,
     view,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    VerificationError,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 10
@@ -556,6 +563,171 @@ def RecordEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_12: Final = vtable_reader(12)
+_LAYOUT_Record: Final = unpacker("<iIIII4xII4xIHHHHHHHHHH")
+
+
+def verify_Record(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.plain.Record`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r1, r2, r3, r4, r8, r9, h, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = _LAYOUT_Record(buf, pos)
+        ok = (
+            s == -36 and h == 2359320 and not pos & 3 and
+            (not x0 or (x0 == 32)) and
+            (not x1 or (x1 == 4 and r1 and not r1 & 3 and u[(p1 := pos + 4 + r1) >> 2] * 16 <= size - p1 - 4)) and
+            (not x2 or (x2 == 8 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 8 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2))) and
+            (not x3 or (x3 == 12 and r3 and not r3 & 3 and u[(p3 := pos + 12 + r3) >> 2] * 8 <= size - p3 - 4)) and
+            (not x4 or (x4 == 16 and r4 and not r4 & 3 and u[(p4 := pos + 16 + r4) >> 2] * 1 <= size - p4 - 4)) and
+            (not x5 or (x5 == 34)) and
+            (not x6 or (x6 == 20)) and
+            (not x7 or (x7 == 35)) and
+            (not x8 or (x8 == 24 and r8 and (c8 := pos + 24 + r8) < size)) and
+            (not x9 or (x9 == 28 and r9 and not r9 & 3 and u[(p9 := pos + 28 + r9) >> 2] * 4 <= size - p9 - 4))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = _VT_12(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 24:
+                x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = v.short_offsets(vt, vsize, 10)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 2 <= tsize and not x0 & 1)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 16 <= size - p1 - 4)) and
+                (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2))) and
+                (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 8 <= size - p3 - 4)) and
+                (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 1 <= size - p4 - 4)) and
+                (not x5 or (x5 < tsize)) and
+                (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
+                (not x7 or (x7 < tsize)) and
+                (not x8 or (x8 + 4 <= tsize and not x8 & 3 and (r := u[(a := pos + x8) >> 2]) and (c8 := a + r) < size)) and
+                (not x9 or (x9 + 4 <= tsize and not x9 & 3 and (r := u[(a := pos + x9) >> 2]) and not r & 3 and u[(p9 := a + r) >> 2] * 4 <= size - p9 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_Record(v, pos)
+            return
+    if x8:
+        v.visit(verify_Record, c8, "Record", "child", -1)
+    if x9:
+        _each_Record(v, p9 + 4, u[p9 >> 2], "Record", "kids")
+
+
+def _each_Record(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``corpus.plain.Record`` tables of a vector whose offsets start at
+    ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, r2, r3, r4, r8, r9, h, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = _LAYOUT_Record(buf, pos)
+            ok = (
+                s == -36 and h == 2359320 and not pos & 3 and
+                (not x0 or (x0 == 32)) and
+                (not x1 or (x1 == 4 and r1 and not r1 & 3 and u[(p1 := pos + 4 + r1) >> 2] * 16 <= size - p1 - 4)) and
+                (not x2 or (x2 == 8 and r2 and not r2 & 3 and (m2 := u[(p2 := pos + 8 + r2) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2))) and
+                (not x3 or (x3 == 12 and r3 and not r3 & 3 and u[(p3 := pos + 12 + r3) >> 2] * 8 <= size - p3 - 4)) and
+                (not x4 or (x4 == 16 and r4 and not r4 & 3 and u[(p4 := pos + 16 + r4) >> 2] * 1 <= size - p4 - 4)) and
+                (not x5 or (x5 == 34)) and
+                (not x6 or (x6 == 20)) and
+                (not x7 or (x7 == 35)) and
+                (not x8 or (x8 == 24 and r8 and (c8 := pos + 24 + r8) < size)) and
+                (not x9 or (x9 == 28 and r9 and not r9 & 3 and u[(p9 := pos + 28 + r9) >> 2] * 4 <= size - p9 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+        try:
+            if x8:
+                v.visit(verify_Record, c8, "Record", "child", -1)
+            if x9:
+                _each_Record(v, p9 + 4, u[p9 >> 2], "Record", "kids")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_12(buf, vt)
+                vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = t
+                if vsize < 24:
+                    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9 = v.short_offsets(vt, vsize, 10)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 24 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 2 <= tsize and not x0 & 1)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3)) and
+                        (not x2 or (x2 + 4 <= tsize and not x2 & 3)) and
+                        (not x3 or (x3 + 4 <= tsize and not x3 & 3)) and
+                        (not x4 or (x4 + 4 <= tsize and not x4 & 3)) and
+                        (not x5 or (x5 < tsize)) and
+                        (not x6 or (x6 + 4 <= tsize and not x6 & 3)) and
+                        (not x7 or (x7 < tsize)) and
+                        (not x8 or (x8 + 4 <= tsize and not x8 & 3)) and
+                        (not x9 or (x9 + 4 <= tsize and not x9 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and u[(p1 := a + r) >> 2] * 16 <= size - p1 - 4)) and
+                (not x2 or ((r := u[(a := pos + x2) >> 2]) and not r & 3 and (m2 := u[(p2 := a + r) >> 2]) * 4 <= size - p2 - 4 and v.strings_ok(p2 + 4, m2))) and
+                (not x3 or ((r := u[(a := pos + x3) >> 2]) and not r & 3 and u[(p3 := a + r) >> 2] * 8 <= size - p3 - 4)) and
+                (not x4 or ((r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 1 <= size - p4 - 4)) and
+                (not x8 or ((r := u[(a := pos + x8) >> 2]) and (c8 := a + r) < size)) and
+                (not x9 or ((r := u[(a := pos + x9) >> 2]) and not r & 3 and u[(p9 := a + r) >> 2] * 4 <= size - p9 - 4))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_Record, at, (at - start) >> 2, table, field)
+            continue
+        try:
+            if x8:
+                v.visit(verify_Record, c8, "Record", "child", -1)
+            if x9:
+                _each_Record(v, p9 + 4, u[p9 >> 2], "Record", "kids")
+        except VerificationError as err:
+            err.within(table, f"{field}[{(at - start) >> 2}]")
+            raise
+    v.depth -= 1
+
+
+def _check_Record(v: Verifier, pos: int) -> None:
+    """The general checks of ``corpus.plain.Record``: precise faults."""
+    t = v.table(pos, "Record")
+    t.scalar(4, "level", 2)
+    t.vector(6, "spans", 16)
+    t.strings(8, "labels")
+    t.vector(10, "weights", 8)
+    t.vector(12, "blob", 1)
+    t.scalar(14, "flag", 1)
+    t.scalar(16, "ratio", 4)
+    t.scalar(18, "maybe", 1)
+    t.table(20, "child", verify_Record)
+    t.tables(22, "kids", verify_Record)
 
 
 # Imports of other generated modules come last: types may refer to each other.

@@ -34,6 +34,11 @@ from smf.codec import (
     utf8,
     view,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    vtable_reader,
+)
 
 
 _N: Final = 13
@@ -592,11 +597,71 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_15: Final = vtable_reader(15)
+
+
+def verify_Figure(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.geo.deep.Figure`` table."""
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        vsize, tsize, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, _, x12 = _VT_15(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 30:
+            x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, _, x12 = v.short_offsets(vt, vsize, 13)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+            (x1 and (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]])) and
+            (not x2 or (x2 < tsize)) and
+            (not x3 or (x3 + 4 <= tsize and not x3 & 3 and (r := u[(a := pos + x3) >> 2]) and a + r < size)) and
+            (not x4 or (x4 + 4 <= tsize and not x4 & 3 and (r := u[(a := pos + x4) >> 2]) and not r & 3 and u[(p4 := a + r) >> 2] * 4 <= size - p4 - 4)) and
+            (not x5 or (x5 + 4 <= tsize and not x5 & 3 and (r := u[(a := pos + x5) >> 2]) and not r & 3 and u[(p5 := a + r) >> 2] * 1 <= size - p5 - 4)) and
+            (not x6 or (x6 + 4 <= tsize and not x6 & 3 and (r := u[(a := pos + x6) >> 2]) and not r & 3 and u[(p6 := a + r) >> 2] * 12 <= size - p6 - 4)) and
+            (not x7 or (x7 + 4 <= tsize and not x7 & 3 and (r := u[(a := pos + x7) >> 2]) and not r & 3 and u[(p7 := a + r) >> 2] * 1 <= size - p7 - 4)) and
+            (not x8 or (x8 + 4 <= tsize and not x8 & 3)) and
+            (not x9 or (x9 + 4 <= tsize and not x9 & 3)) and
+            (not x10 or (x10 + 28 <= tsize and not x10 & 3)) and
+            (not x12 or (x12 < tsize))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        _check_Figure(v, pos)
+        return
+    t = v.table(pos, "Figure")
+    t.union(10, "shape", _Shape_VERIFIERS)
+    if x4:
+        _each_Point(v, p4 + 4, u[p4 >> 2], "Figure", "points")
+
+
+def _check_Figure(v: Verifier, pos: int) -> None:
+    """The general checks of ``corpus.geo.deep.Figure``: precise faults."""
+    t = v.table(pos, "Figure")
+    t.scalar(4, "id", 8)
+    t.string(6, "name", required=True)
+    t.union(10, "shape", _Shape_VERIFIERS)
+    t.tables(12, "points", verify_Point)
+    t.vector(14, "data", 1)
+    t.vector(16, "coords", 12)
+    t.vector(18, "colors", 1)
+    t.scalar(20, "flags", 4)
+    t.scalar(22, "opt", 4)
+    t.struct(24, "pair", 28, 4)
+    t.scalar(28, "on", 1)
+
+
 # Imports of other generated modules come last: types may refer to each other.
-from corpus.common.Circle import CircleT
+from corpus.common.Circle import CircleT, verify_Circle
 from corpus.common.Pair import Pair as _Pair
 from corpus.common.Pair import PairT as _PairT
-from corpus.common.Point import Point, PointT
+from corpus.common.Point import Point, PointT, _each_Point, verify_Point
 from corpus.common.Shape import ShapeCreator as _ShapeCreator
-from corpus.common.Square import SquareT
+from corpus.common.Square import SquareT, verify_Square
 from corpus.common.Vec3 import Vec3, Vec3T
+
+
+_Shape_VERIFIERS = {
+    1: verify_Circle,
+    2: verify_Square,
+}

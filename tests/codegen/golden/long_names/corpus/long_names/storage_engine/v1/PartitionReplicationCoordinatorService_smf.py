@@ -22,28 +22,37 @@ from smf.stubs import (
     CallContext,
     Caller,
     Default,
-    OUT_OF_BOUNDS,
     Handler,
     Payload,
     Verifier,
     check_request,
     encode,
     name_methods,
-    unpacker,
-    vtable_reader,
 )
 
 from corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload import (
     ReplicateSegmentBatchRequestPayload,
     ReplicateSegmentBatchRequestPayloadT,
+    verify_ReplicateSegmentBatchRequestPayload as verify_ReplicateSegmentBatchRequestPayload,
 )
 from corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload import (
     ReplicateSegmentBatchResponsePayload,
     ReplicateSegmentBatchResponsePayloadT,
+    verify_ReplicateSegmentBatchResponsePayload as verify_ReplicateSegmentBatchResponsePayload,
+)
+from corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp import (
+    verify_ReplicationStateCatchingUp as verify_ReplicationStateCatchingUp,
+)
+from corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader import (
+    verify_ReplicationStateFencedByANewerLeader as verify_ReplicationStateFencedByANewerLeader,
 )
 from corpus.long_names.storage_engine.v1.ReplicationStateInSync import (
     ReplicationStateInSync,
     ReplicationStateInSyncT,
+    verify_ReplicationStateInSync as verify_ReplicationStateInSync,
+)
+from corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot import (
+    verify_ReplicationStateRecoveringFromSnapshot as verify_ReplicationStateRecoveringFromSnapshot,
 )
 
 SERVICE_NAME: Final = "PartitionReplicationCoordinatorService"
@@ -229,311 +238,6 @@ def _encode_ReplicationStateInSync(
         ReplicationStateInSync,
         ReplicationStateInSyncT,
     )
-
-
-_VT_2: Final = vtable_reader(2)
-_VT_3: Final = vtable_reader(3)
-_VT_4: Final = vtable_reader(4)
-_VT_5: Final = vtable_reader(5)
-_LAYOUT_ReplicateSegmentBatchRequestPayload: Final = unpacker("<i12xIIHH")
-_LAYOUT_ReplicationStateCatchingUp: Final = unpacker("<i4xIH")
-_LAYOUT_ReplicationStateFencedByANewerLeader: Final = unpacker("<iI")
-_LAYOUT_ReplicationStateInSync: Final = unpacker("<iI")
-_LAYOUT_ReplicationStateRecoveringFromSnapshot: Final = unpacker("<iI")
-
-
-# fmt: off
-def verify_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
-    table.
-    """
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
-        ok = (
-            s == -20 and h == 1310728 and not pos & 7 and
-            (not x0 or (x0 == 8)) and
-            (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 8:
-                x0, x1 = v.short_offsets(vt, vsize, 2)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
-                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_ReplicateSegmentBatchRequestPayload(v, pos)
-            return
-# fmt: on
-
-
-# fmt: off
-def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, table: str, field: str) -> None:
-    """Checks the ``n`` ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
-    tables of a vector whose offsets start at ``start``.
-    """
-    v.tables += n
-    v.depth += 1
-    if v.depth > v.max_depth or v.tables > v.max_tables:
-        v.over_limits(start, table, field)
-    u = v.words
-    buf = v.buf
-    size = v.size
-    end = rest = start + 4 * n
-    ok: object = True
-    for at in range(start, end, 4):  # smfc's layout
-        try:
-            pos = at + u[at >> 2]
-            s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
-            ok = (
-                s == -20 and h == 1310728 and not pos & 7 and
-                (not x0 or (x0 == 8)) and
-                (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            rest = at
-            break
-    known: object = None
-    good: object = False
-    shared = -1
-    for at in range(rest, end, 4):  # any layout
-        try:
-            pos = at + u[at >> 2]
-            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
-                t = _VT_4(buf, vt)
-                vsize, tsize, x0, x1 = t
-                if vsize < 8:
-                    x0, x1 = v.short_offsets(vt, vsize, 2)
-                if t != known:
-                    known = t
-                    good = (
-                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
-                        (not x0 or (x0 + 8 <= tsize)) and
-                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
-                    )
-                shared = vt  # a Builder shares one vtable among alike tables
-            ok = (
-                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
-                (not x0 or (not (pos + x0) & 7)) and
-                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
-    v.depth -= 1
-# fmt: on
-
-
-def _check_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
-    """The general checks of
-    ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``: precise faults.
-    """
-    t = v.table(pos, "ReplicateSegmentBatchRequestPayload")
-    t.scalar(4, "segment_batch_sequence_number_to_replicate", 8)
-    t.string(6, "optional_human_readable_reason_for_replication")
-
-
-# fmt: off
-def verify_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``
-    table.
-    """
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-        if vsize < 10:
-            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
-        ok = (
-            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
-            (not x1 or (x1 < tsize)) and
-            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and a + r < size))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        _check_ReplicateSegmentBatchResponsePayload(v, pos)
-        return
-    t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
-    if x0:
-        _each_ReplicateSegmentBatchRequestPayload(v, p0 + 4, u[p0 >> 2], "ReplicateSegmentBatchResponsePayload", "acknowledged_segment_batches_by_each_follower")
-    t.union(8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS)
-# fmt: on
-
-
-def _check_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
-    """The general checks of
-    ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``: precise faults.
-    """
-    t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
-    t.tables(
-        4,
-        "acknowledged_segment_batches_by_each_follower",
-        verify_ReplicateSegmentBatchRequestPayload,
-    )
-    t.union(
-        8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS
-    )
-
-
-# fmt: off
-def verify_ReplicationStateCatchingUp(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, h, x0 = _LAYOUT_ReplicationStateCatchingUp(buf, pos)
-        ok = (
-            s == -8 and h == 524294 and not pos & 3 and
-            (not x0 or (x0 == 4))
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize, x0 = _VT_3(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            if vsize < 6:
-                x0, = v.short_offsets(vt, vsize, 1)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
-                (not x0 or (x0 + 4 <= tsize and not x0 & 3))
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_ReplicationStateCatchingUp(v, pos)
-            return
-# fmt: on
-
-
-def _check_ReplicationStateCatchingUp(v: Verifier, pos: int) -> None:
-    """The general checks of ``corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp``:
-    precise faults.
-    """
-    t = v.table(pos, "ReplicationStateCatchingUp")
-    t.scalar(4, "behind_by_number_of_batches", 4)
-
-
-# fmt: off
-def verify_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader``
-    table.
-    """
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, h = _LAYOUT_ReplicationStateFencedByANewerLeader(buf, pos)
-        ok = (
-            s == -4 and h == 262148 and not pos & 3
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_ReplicationStateFencedByANewerLeader(v, pos)
-            return
-# fmt: on
-
-
-def _check_ReplicationStateFencedByANewerLeader(v: Verifier, pos: int) -> None:
-    """The general checks of
-    ``corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader``: precise faults.
-    """
-    v.table(pos, "ReplicationStateFencedByANewerLeader")
-
-
-# fmt: off
-def verify_ReplicationStateInSync(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateInSync`` table."""
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, h = _LAYOUT_ReplicationStateInSync(buf, pos)
-        ok = (
-            s == -4 and h == 262148 and not pos & 3
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_ReplicationStateInSync(v, pos)
-            return
-# fmt: on
-
-
-def _check_ReplicationStateInSync(v: Verifier, pos: int) -> None:
-    """The general checks of ``corpus.long_names.storage_engine.v1.ReplicationStateInSync``: precise
-    faults.
-    """
-    v.table(pos, "ReplicationStateInSync")
-
-
-# fmt: off
-def verify_ReplicationStateRecoveringFromSnapshot(v: Verifier, pos: int) -> None:
-    """Checks a ``corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot``
-    table.
-    """
-    u = v.words
-    buf = v.buf
-    size = v.size
-    try:
-        s, h = _LAYOUT_ReplicationStateRecoveringFromSnapshot(buf, pos)
-        ok = (
-            s == -4 and h == 262148 and not pos & 3
-        )
-    except OUT_OF_BOUNDS:
-        ok = False
-    if not ok:
-        try:
-            vsize, tsize = _VT_2(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
-            ok = (
-                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos
-            )
-        except OUT_OF_BOUNDS:
-            ok = False
-        if not ok:
-            _check_ReplicationStateRecoveringFromSnapshot(v, pos)
-            return
-# fmt: on
-
-
-def _check_ReplicationStateRecoveringFromSnapshot(v: Verifier, pos: int) -> None:
-    """The general checks of
-    ``corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot``: precise faults.
-    """
-    v.table(pos, "ReplicationStateRecoveringFromSnapshot")
 
 
 _ReplicationStateOfThePartition_VERIFIERS = {

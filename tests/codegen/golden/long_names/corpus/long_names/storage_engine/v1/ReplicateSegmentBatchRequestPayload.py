@@ -21,6 +21,12 @@ from smf.codec import (
     string,
     utf8,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    unpacker,
+    vtable_reader,
+)
 
 
 _N: Final = 2
@@ -193,3 +199,107 @@ def ReplicateSegmentBatchRequestPayloadEnd(builder: Any) -> int:
 
 def End(builder: Any) -> int:
     return int(builder.EndObject())
+
+
+_VT_4: Final = vtable_reader(4)
+_LAYOUT_ReplicateSegmentBatchRequestPayload: Final = unpacker("<i12xIIHH")
+
+
+def verify_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
+    table.
+    """
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
+        ok = (
+            s == -20 and h == 1310728 and not pos & 7 and
+            (not x0 or (x0 == 8)) and
+            (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        try:
+            vsize, tsize, x0, x1 = _VT_4(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+            if vsize < 8:
+                x0, x1 = v.short_offsets(vt, vsize, 2)
+            ok = (
+                not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+                (not x0 or (x0 + 8 <= tsize and not (pos + x0) & 7)) and
+                (not x1 or (x1 + 4 <= tsize and not x1 & 3 and (r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            _check_ReplicateSegmentBatchRequestPayload(v, pos)
+            return
+
+
+def _each_ReplicateSegmentBatchRequestPayload(v: Verifier, start: int, n: int, table: str, field: str) -> None:
+    """Checks the ``n`` ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``
+    tables of a vector whose offsets start at ``start``.
+    """
+    v.tables += n
+    v.depth += 1
+    if v.depth > v.max_depth or v.tables > v.max_tables:
+        v.over_limits(start, table, field)
+    u = v.words
+    buf = v.buf
+    size = v.size
+    end = rest = start + 4 * n
+    ok: object = True
+    for at in range(start, end, 4):  # smfc's layout
+        try:
+            pos = at + u[at >> 2]
+            s, r1, h, x0, x1 = _LAYOUT_ReplicateSegmentBatchRequestPayload(buf, pos)
+            ok = (
+                s == -20 and h == 1310728 and not pos & 7 and
+                (not x0 or (x0 == 8)) and
+                (not x1 or (x1 == 16 and r1 and not r1 & 3 and not buf[(p := pos + 16 + r1) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            rest = at
+            break
+    known: object = None
+    good: object = False
+    shared = -1
+    for at in range(rest, end, 4):  # any layout
+        try:
+            pos = at + u[at >> 2]
+            if (vt := (pos - u[pos >> 2]) & 0xFFFFFFFF) != shared:
+                t = _VT_4(buf, vt)
+                vsize, tsize, x0, x1 = t
+                if vsize < 8:
+                    x0, x1 = v.short_offsets(vt, vsize, 2)
+                if t != known:
+                    known = t
+                    good = (
+                        4 <= vsize <= 8 and not vsize & 1 and tsize >= 4 and
+                        (not x0 or (x0 + 8 <= tsize)) and
+                        (not x1 or (x1 + 4 <= tsize and not x1 & 3))
+                    )
+                shared = vt  # a Builder shares one vtable among alike tables
+            ok = (
+                good and not (pos & 3 | vt & 1) and tsize <= size - pos and
+                (not x0 or (not (pos + x0) & 7)) and
+                (not x1 or ((r := u[(a := pos + x1) >> 2]) and not r & 3 and not buf[(p := a + r) + 4 + u[p >> 2]]))
+            )
+        except OUT_OF_BOUNDS:
+            ok = False
+        if not ok:
+            v.element(verify_ReplicateSegmentBatchRequestPayload, at, (at - start) >> 2, table, field)
+    v.depth -= 1
+
+
+def _check_ReplicateSegmentBatchRequestPayload(v: Verifier, pos: int) -> None:
+    """The general checks of
+    ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload``: precise faults.
+    """
+    t = v.table(pos, "ReplicateSegmentBatchRequestPayload")
+    t.scalar(4, "segment_batch_sequence_number_to_replicate", 8)
+    t.string(6, "optional_human_readable_reason_for_replication")

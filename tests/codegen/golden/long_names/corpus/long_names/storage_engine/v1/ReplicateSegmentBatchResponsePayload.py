@@ -23,6 +23,11 @@ from smf.codec import (
     positions,
     short_vtable,
 )
+from smf.verify import (
+    OUT_OF_BOUNDS,
+    Verifier,
+    vtable_reader,
+)
 
 
 _N: Final = 3
@@ -257,21 +262,83 @@ def End(builder: Any) -> int:
     return int(builder.EndObject())
 
 
+_VT_5: Final = vtable_reader(5)
+
+
+def verify_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
+    """Checks a ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``
+    table.
+    """
+    u = v.words
+    buf = v.buf
+    size = v.size
+    try:
+        vsize, tsize, x0, x1, x2 = _VT_5(buf, vt := (pos - u[pos >> 2]) & 0xFFFFFFFF)
+        if vsize < 10:
+            x0, x1, x2 = v.short_offsets(vt, vsize, 3)
+        ok = (
+            not (pos & 3 | vt & 1 | vsize & 1) and 4 <= vsize <= size - vt and 4 <= tsize <= size - pos and
+            (not x0 or (x0 + 4 <= tsize and not x0 & 3 and (r := u[(a := pos + x0) >> 2]) and not r & 3 and u[(p0 := a + r) >> 2] * 4 <= size - p0 - 4)) and
+            (not x1 or (x1 < tsize)) and
+            (not x2 or (x2 + 4 <= tsize and not x2 & 3 and (r := u[(a := pos + x2) >> 2]) and a + r < size))
+        )
+    except OUT_OF_BOUNDS:
+        ok = False
+    if not ok:
+        _check_ReplicateSegmentBatchResponsePayload(v, pos)
+        return
+    t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
+    if x0:
+        _each_ReplicateSegmentBatchRequestPayload(v, p0 + 4, u[p0 >> 2], "ReplicateSegmentBatchResponsePayload", "acknowledged_segment_batches_by_each_follower")
+    t.union(8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS)
+
+
+def _check_ReplicateSegmentBatchResponsePayload(v: Verifier, pos: int) -> None:
+    """The general checks of
+    ``corpus.long_names.storage_engine.v1.ReplicateSegmentBatchResponsePayload``: precise faults.
+    """
+    t = v.table(pos, "ReplicateSegmentBatchResponsePayload")
+    t.tables(
+        4,
+        "acknowledged_segment_batches_by_each_follower",
+        verify_ReplicateSegmentBatchRequestPayload,
+    )
+    t.union(
+        8, "current_replication_state_of_the_partition", _ReplicationStateOfThePartition_VERIFIERS
+    )
+
+
 # Imports of other generated modules come last: types may refer to each other.
 from corpus.long_names.storage_engine.v1.ReplicateSegmentBatchRequestPayload import (
     ReplicateSegmentBatchRequestPayload,
     ReplicateSegmentBatchRequestPayloadT,
+    _each_ReplicateSegmentBatchRequestPayload,
+    verify_ReplicateSegmentBatchRequestPayload,
 )
 from corpus.long_names.storage_engine.v1.ReplicationStateCatchingUp import (
     ReplicationStateCatchingUpT,
+    verify_ReplicationStateCatchingUp,
 )
 from corpus.long_names.storage_engine.v1.ReplicationStateFencedByANewerLeader import (
     ReplicationStateFencedByANewerLeaderT,
+    verify_ReplicationStateFencedByANewerLeader,
 )
-from corpus.long_names.storage_engine.v1.ReplicationStateInSync import ReplicationStateInSyncT
+from corpus.long_names.storage_engine.v1.ReplicationStateInSync import (
+    ReplicationStateInSyncT,
+    verify_ReplicationStateInSync,
+)
 from corpus.long_names.storage_engine.v1.ReplicationStateOfThePartition import (
     ReplicationStateOfThePartitionCreator,
 )
 from corpus.long_names.storage_engine.v1.ReplicationStateRecoveringFromSnapshot import (
     ReplicationStateRecoveringFromSnapshotT,
+    verify_ReplicationStateRecoveringFromSnapshot,
 )
+
+
+_ReplicationStateOfThePartition_VERIFIERS = {
+    1: verify_ReplicationStateInSync,
+    2: verify_ReplicationStateCatchingUp,
+    3: verify_ReplicationStateRecoveringFromSnapshot,
+    4: verify_ReplicationStateFencedByANewerLeader,
+}
