@@ -148,8 +148,8 @@ class payload_headersT:
         v0 = self.dynamicHeaders
         if v0 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v0)
-            for c in v0:
-                at = c._Size((at + 3) & -4)
+            for c0 in v0:
+                at = c0._Size((at + 3) & -4)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -163,11 +163,11 @@ class payload_headersT:
             PUT_U32(buf, end, len(v0))
             slot = end + 4
             end = slot + 4 * len(v0)
-            for c in v0:
+            for c0 in v0:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c0._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

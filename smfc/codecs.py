@@ -869,8 +869,8 @@ def _pack(m: _Module, obj: Object, live: list[Field], attrs: dict[int, str], n: 
                 if target.is_struct:
                     m.add(
                         f"            builder.StartVector({target.bytesize}, len({v}), {target.minalign})",
-                        f"            for s in reversed({v}):",
-                        "                s.Pack(builder)",
+                        f"            for s{f.id} in reversed({v}):",
+                        f"                s{f.id}.Pack(builder)",
                         f"            {var} = builder.EndVector()",
                     )
                 else:
@@ -1016,8 +1016,10 @@ def _encoder(
                 al = _table_align(schema, t.ref)
                 m.add(
                     f"            at = ((at + 3) & -4) + 4 + 4 * len({vv})",
-                    f"            for c in {vv}:",
-                    f"                at = c._Size((at + {al - 1}) & -{al})",
+                    # One loop variable per field: two vectors of different tables
+                    # would give one name two types (mypy --strict refuses that).
+                    f"            for c{f.id} in {vv}:",
+                    f"                at = c{f.id}._Size((at + {al - 1}) & -{al})",
                 )
     m.add("        return at")
     # ---------------------------------------------------------------- write
@@ -1080,8 +1082,8 @@ def _encoder(
                     f"            {x} = end - pos - {off}",
                     f"            PUT_U32(buf, end, len({vv}))",
                     "            end += 4",
-                    f"            for s in {vv}:",
-                    "                s._Put(buf, end)",
+                    f"            for s{f.id} in {vv}:",
+                    f"                s{f.id}._Put(buf, end)",
                     f"                end += {target.bytesize}",
                 )
             else:
@@ -1092,11 +1094,11 @@ def _encoder(
                     f"            PUT_U32(buf, end, len({vv}))",
                     "            slot = end + 4",
                     f"            end = slot + 4 * len({vv})",
-                    f"            for c in {vv}:",
+                    f"            for c{f.id} in {vv}:",
                     f"                end = (end + {al - 1}) & -{al}",
                     "                PUT_U32(buf, slot, end - slot)",
                     "                slot += 4",
-                    "                end = c._Write(buf, end)",
+                    f"                end = c{f.id}._Write(buf, end)",
                 )
     # the fixed part: inline values in offset order, then the vtable
     values = [str(-vt_off)]

@@ -190,8 +190,8 @@ class ServiceInfoT:
         v2 = self.methods
         if v2 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v2)
-            for c in v2:
-                at = c._Size((at + 3) & -4)
+            for c2 in v2:
+                at = c2._Size((at + 3) & -4)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -217,11 +217,11 @@ class ServiceInfoT:
             PUT_U32(buf, end, len(v2))
             slot = end + 4
             end = slot + 4 * len(v2)
-            for c in v2:
+            for c2 in v2:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c2._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

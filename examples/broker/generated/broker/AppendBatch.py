@@ -172,13 +172,13 @@ class AppendBatchT:
         v0 = self.requests
         if v0 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v0)
-            for c in v0:
-                at = c._Size((at + 7) & -8)
+            for c0 in v0:
+                at = c0._Size((at + 7) & -8)
         v1 = self.responses
         if v1 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v1)
-            for c in v1:
-                at = c._Size((at + 7) & -8)
+            for c1 in v1:
+                at = c1._Size((at + 7) & -8)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -192,11 +192,11 @@ class AppendBatchT:
             PUT_U32(buf, end, len(v0))
             slot = end + 4
             end = slot + 4 * len(v0)
-            for c in v0:
+            for c0 in v0:
                 end = (end + 7) & -8
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c0._Write(buf, end)
         x1 = 0
         v1 = self.responses
         if v1 is not None:
@@ -205,11 +205,11 @@ class AppendBatchT:
             PUT_U32(buf, end, len(v1))
             slot = end + 4
             end = slot + 4 * len(v1)
-            for c in v1:
+            for c1 in v1:
                 end = (end + 7) & -8
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c1._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

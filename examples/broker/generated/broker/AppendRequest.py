@@ -213,8 +213,8 @@ class AppendRequestT:
         v6 = self.entries
         if v6 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v6)
-            for c in v6:
-                at = c._Size((at + 7) & -8)
+            for c6 in v6:
+                at = c6._Size((at + 7) & -8)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -228,11 +228,11 @@ class AppendRequestT:
             PUT_U32(buf, end, len(v6))
             slot = end + 4
             end = slot + 4 * len(v6)
-            for c in v6:
+            for c6 in v6:
                 end = (end + 7) & -8
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c6._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

@@ -221,13 +221,13 @@ class ClusterDescriptionT:
         v4 = self.nodes
         if v4 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v4)
-            for c in v4:
-                at = c._Size((at + 3) & -4)
+            for c4 in v4:
+                at = c4._Size((at + 3) & -4)
         v5 = self.topics
         if v5 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v5)
-            for c in v5:
-                at = c._Size((at + 3) & -4)
+            for c5 in v5:
+                at = c5._Size((at + 3) & -4)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -253,11 +253,11 @@ class ClusterDescriptionT:
             PUT_U32(buf, end, len(v4))
             slot = end + 4
             end = slot + 4 * len(v4)
-            for c in v4:
+            for c4 in v4:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c4._Write(buf, end)
         x5 = 0
         v5 = self.topics
         if v5 is not None:
@@ -266,11 +266,11 @@ class ClusterDescriptionT:
             PUT_U32(buf, end, len(v5))
             slot = end + 4
             end = slot + 4 * len(v5)
-            for c in v5:
+            for c5 in v5:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c5._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

@@ -166,8 +166,8 @@ class TopicInfoT:
         v1 = self.partitions
         if v1 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v1)
-            for c in v1:
-                at = c._Size((at + 7) & -8)
+            for c1 in v1:
+                at = c1._Size((at + 7) & -8)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -187,11 +187,11 @@ class TopicInfoT:
             PUT_U32(buf, end, len(v1))
             slot = end + 4
             end = slot + 4 * len(v1)
-            for c in v1:
+            for c1 in v1:
                 end = (end + 7) & -8
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c1._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

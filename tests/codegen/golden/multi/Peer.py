@@ -166,8 +166,8 @@ class PeerT:
         v1 = self.things
         if v1 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v1)
-            for c in v1:
-                at = c._Size((at + 3) & -4)
+            for c1 in v1:
+                at = c1._Size((at + 3) & -4)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -187,11 +187,11 @@ class PeerT:
             PUT_U32(buf, end, len(v1))
             slot = end + 4
             end = slot + 4 * len(v1)
-            for c in v1:
+            for c1 in v1:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c1._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

@@ -267,8 +267,8 @@ class RecordT:
         x1 = 0
         if self.spans is not None:
             builder.StartVector(16, len(self.spans), 8)
-            for s in reversed(self.spans):
-                s.Pack(builder)
+            for s1 in reversed(self.spans):
+                s1.Pack(builder)
             x1 = builder.EndVector()
         x2 = 0
         if self.labels is not None:
@@ -337,8 +337,8 @@ class RecordT:
         v9 = self.kids
         if v9 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v9)
-            for c in v9:
-                at = c._Size((at + 3) & -4)
+            for c9 in v9:
+                at = c9._Size((at + 3) & -4)
         return at
 
     def _Write(self, buf: bytearray, pos: int) -> int:
@@ -351,8 +351,8 @@ class RecordT:
             x1 = end - pos - 4
             PUT_U32(buf, end, len(v1))
             end += 4
-            for s in v1:
-                s._Put(buf, end)
+            for s1 in v1:
+                s1._Put(buf, end)
                 end += 16
         x2 = 0
         v2 = self.labels
@@ -386,11 +386,11 @@ class RecordT:
             PUT_U32(buf, end, len(v9))
             slot = end + 4
             end = slot + 4 * len(v9)
-            for c in v9:
+            for c9 in v9:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c9._Write(buf, end)
         _FIXED.pack_into(
             buf,
             pos,

@@ -283,8 +283,8 @@ class FigureT:
         x6 = 0
         if self.coords is not None:
             builder.StartVector(12, len(self.coords), 4)
-            for s in reversed(self.coords):
-                s.Pack(builder)
+            for s6 in reversed(self.coords):
+                s6.Pack(builder)
             x6 = builder.EndVector()
         x7 = 0
         if self.colors is not None:
@@ -339,8 +339,8 @@ class FigureT:
         v4 = self.points
         if v4 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v4)
-            for c in v4:
-                at = c._Size((at + 3) & -4)
+            for c4 in v4:
+                at = c4._Size((at + 3) & -4)
         v5 = self.data
         if v5 is not None:
             at = ((at + 3) & -4) + 4 + len(v5)
@@ -375,11 +375,11 @@ class FigureT:
             PUT_U32(buf, end, len(v4))
             slot = end + 4
             end = slot + 4 * len(v4)
-            for c in v4:
+            for c4 in v4:
                 end = (end + 3) & -4
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c4._Write(buf, end)
         x5 = 0
         v5 = self.data
         if v5 is not None:
@@ -393,8 +393,8 @@ class FigureT:
             x6 = end - pos - 60
             PUT_U32(buf, end, len(v6))
             end += 4
-            for s in v6:
-                s._Put(buf, end)
+            for s6 in v6:
+                s6._Put(buf, end)
                 end += 12
         x7 = 0
         v7 = self.colors

@@ -169,8 +169,8 @@ class ReplicateSegmentBatchResponsePayloadT:
         v0 = self.acknowledgedSegmentBatchesByEachFollower
         if v0 is not None:
             at = ((at + 3) & -4) + 4 + 4 * len(v0)
-            for c in v0:
-                at = c._Size((at + 7) & -8)
+            for c0 in v0:
+                at = c0._Size((at + 7) & -8)
         v2 = self.currentReplicationStateOfThePartition
         if v2 is not None:
             at = v2._Size((at + 7) & -8)
@@ -187,11 +187,11 @@ class ReplicateSegmentBatchResponsePayloadT:
             PUT_U32(buf, end, len(v0))
             slot = end + 4
             end = slot + 4 * len(v0)
-            for c in v0:
+            for c0 in v0:
                 end = (end + 7) & -8
                 PUT_U32(buf, slot, end - slot)
                 slot += 4
-                end = c._Write(buf, end)
+                end = c0._Write(buf, end)
         x2 = 0
         v2 = self.currentReplicationStateOfThePartition
         if v2 is not None:
