@@ -32,6 +32,13 @@ def module_of(qualified: str) -> str:
 # --------------------------------------------------------------------------- imports
 
 
+def _prefixes(qualified: str) -> list[str]:
+    """The prefixes tried, in order, for the local names imported for ``qualified``:
+    none, ``_``, then ``_`` and its namespace (``_a_b_``), which is unique."""
+    namespace = qualified.rpartition(".")[0]
+    return ["", "_", "_" + namespace.replace(".", "_") + "_"]
+
+
 class ImportTable:
     """The names a generated module imports, aliased where a bare name would clash.
 
@@ -51,11 +58,10 @@ class ImportTable:
 
     def name(self, qualified: str, suffix: str = "") -> str:
         """The local name of ``qualified``'s class (``suffix`` "T": its object-API class)."""
-        namespace, _, short = qualified.rpartition(".")
+        short = qualified.rpartition(".")[2]
         prefix = self._prefix.get(qualified)
         if prefix is None:
-            candidates = ["", "_", "_" + namespace.replace(".", "_") + "_"]
-            for candidate in candidates:
+            for candidate in _prefixes(qualified):
                 names = {candidate + short + s for s in self.SUFFIXES}
                 if not names & self.taken:
                     prefix = candidate
@@ -81,8 +87,7 @@ class ImportTable:
         if key in self._imports:
             return self._imports[key]
         if local is None:
-            namespace = qualified.rpartition(".")[0]
-            candidates = [name, "_" + name, "_" + namespace.replace(".", "_") + "_" + name]
+            candidates = [prefix + name for prefix in _prefixes(qualified)]
             local = next((c for c in candidates if c not in self.taken), None)
             if local is None:  # pragma: no cover - the namespace makes the last one unique
                 raise AssertionError(f"no local name for {name} of {qualified}")
