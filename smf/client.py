@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
-import random
-from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from time import perf_counter_ns
@@ -17,12 +14,14 @@ from typing import Any, Final
 
 from . import headers, protocol
 from . import tracing as _tracing
+from .backoff import Backoff
 from .context import (
     TIMEOUT_HEADER,
     TRACEPARENT_HEADER,
     CallContext,
     current_call,
 )
+from .deadlines import Deadlines
 from .eager import current_task
 from .errors import (
     ConnectionLost,
@@ -96,6 +95,12 @@ class SessionTable(protocol.SessionTable):
         self._wake_one()
         return freed
 
+    def settle(self, session: int, call: Any) -> None:
+        """``call`` ended: free its session unless its reply did (the protocol pops it
+        then), and wake a waiter either way."""
+        if self._waiters or self.pending.get(session) is call:
+            self.release(session, call)
+
     def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.pop(0)
@@ -122,116 +127,6 @@ class ClientStats:
     timeouts: int = 0  # calls that ended in DeadlineExceeded (ours or the server's 408)
     reconnects: int = 0
     connection_losses: int = 0
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential reconnect backoff with jitter (delays in seconds): the n-th delay is
-    drawn from [d * (1 - jitter), d] where d = min(initial * multiplier**n, maximum)."""
-
-    initial: float = 0.05
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.2  # each delay is drawn from [d * (1 - jitter), d]
-
-    def delays(self, rng: Callable[[], float] = random.random) -> _DelayIterator:
-        return _DelayIterator(self, rng)
-
-
-class _DelayIterator:
-    def __init__(self, backoff: Backoff, rng: Callable[[], float]) -> None:
-        self._b = backoff
-        self._rng = rng
-        self._next = backoff.initial
-
-    def __iter__(self) -> _DelayIterator:
-        return self
-
-    def __next__(self) -> float:
-        d = self._next
-        self._next = min(d * self._b.multiplier, self._b.maximum)
-        return d * (1.0 - self._b.jitter * self._rng())
-
-
-class Deadlines:
-    """Every call's deadline, one timer for all (the client's one deadline mechanism).
-
-    A call registers its task and timeout (``add``); when the deadline passes first,
-    the task is cancelled and the entry marked expired (``entry[3]``), and the call
-    turns that cancel into ``DeadlineExceeded``, as ``asyncio.timeout`` does, wherever
-    it was waiting (for a connection, a session, filters or the reply). A call that
-    ends sets its entry's task to None (``entry[2]``). Entries sit in a heap by
-    deadline: spent ones are dropped from its top when the next call is added (calls
-    with the default timeout end roughly in order, so the heap holds about the calls in
-    flight) or when the timer fires, and the heap is rebuilt without them past
-    ``compact_at``. A timer per call (``call_later``) costs a libuv timer and its cancel
-    on every call; this re-arms only when a deadline earlier than the armed one comes.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, compact_at: int = 4096) -> None:
-        self._loop = loop
-        self._heap: list[list[Any]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0  # when the timer fires (read per call: no when() call)
-        self._compact_at = compact_at
-        self._seq = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    @property
-    def next_deadline(self) -> float | None:
-        """When the timer fires next (loop time), None when none is armed."""
-        return self._armed_at if self._timer is not None else None
-
-    @property
-    def earliest(self) -> float | None:
-        """The earliest deadline of a call still running (loop time), None if none."""
-        return min((e[0] for e in self._heap if e[2] is not None), default=None)
-
-    def add(self, task: Any, timeout: float) -> list[Any]:
-        """Cancel ``task`` in ``timeout`` seconds unless its entry is spent first."""
-        heap = self._heap
-        while heap and heap[0][2] is None:
-            heapq.heappop(heap)
-        when = self._loop.time() + timeout
-        entry = [when, next(self._seq), task, False]
-        heapq.heappush(heap, entry)
-        timer = self._timer
-        if timer is None or self._armed_at > when:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(when, self._fire)
-            self._armed_at = when
-        elif len(heap) > self._compact_at:
-            self._heap = [e for e in heap if e[2] is not None]
-            heapq.heapify(self._heap)
-            self._compact_at = max(self._compact_at, 2 * len(self._heap))
-        return entry
-
-    def _fire(self) -> None:
-        self._timer = None
-        now = self._loop.time()
-        heap = self._heap
-        while heap:
-            entry = heap[0]
-            task = entry[2]
-            if task is not None:
-                if entry[0] > now:
-                    break
-                entry[2] = None
-                entry[3] = True
-                task.cancel()
-            heapq.heappop(heap)
-        if heap:
-            self._armed_at = heap[0][0]
-            self._timer = self._loop.call_at(self._armed_at, self._fire)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._heap.clear()
 
 
 class ClientConnection(Connection):
@@ -611,40 +506,32 @@ class Client:
         metadata: Mapping[str, str] | None,
         trailers: dict[str, str] | None = None,
     ) -> memoryview:
-        """The one call path: connection -> session -> outgoing filters -> request ->
-        response -> incoming filters, all of it under the call's one deadline.
-        ``trailers``: filled with the reply's metadata (and payload headers are sent)."""
+        """The one call path: connection -> session -> filters -> request -> response ->
+        filters, under one deadline. ``trailers``: filled with the reply's metadata."""
         parent = current_call.get()
-        if parent is None and not metadata and trailers is None and isinstance(timeout, Default):
-            t, prefix = self.timeout, b""  # the usual call: no payload headers
-        else:
+        t, prefix = self.timeout, b""  # the usual call: no payload headers
+        if parent is not None or metadata or trailers is not None or type(timeout) is not Default:
             t, prefix = self._request_headers(parent, timeout, metadata, trailers)
         started = perf_counter_ns()
         conn = self._conn
-        sent = False
-        entry = sessions = future = None
-        session = 0
+        entry = future = None
+        sent, session = False, 0
         try:
             if conn is not None and not conn.closed:  # the usual case: no wait to send
-                sessions = conn.sessions
                 future = conn.loop.create_future()
                 session = conn.protocol.start_call(future)
             if not session:  # connect, reconnect or wait for a session, within t
                 if t is not None:
                     entry = self._deadlines().add(asyncio.current_task(), t)
-                conn, sessions, future, session = await self._start_call(conn, future)
+                conn, future, session = await self._start_call(conn, future)
             assert conn is not None and future is not None
             sent = True  # (or being sent: the probe and outgoing filters count as the exchange)
-            if entry is None and t is not None and (self.filters or prefix):
-                # Before the send: filters and the probe may be slow, and a deadline that
-                # travels (in prefix) must run out here before it does at the server.
-                entry = conn.deadlines.add(current_task(conn.loop), t)
-            if prefix and not conn.peer_headers.reads:  # only to a server that reads them
-                prefix = await conn.peer_headers.admit(self, prefix, t)
-            if self.filters:
-                await self._send_filtered(conn, session, wire_id, prefix, payload)
+            if prefix or self.filters:
+                if entry is None and t is not None:  # first (see _send_with_headers)
+                    entry = conn.deadlines.add(current_task(conn.loop), t)
+                await self._send_with_headers(conn, session, wire_id, prefix, payload, t)
             else:
-                conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
+                conn.protocol.send_request(session, wire_id, payload)
                 conn.queued()
             if entry is None and t is not None:  # after the write: off the round trip
                 entry = conn.deadlines.add(current_task(conn.loop), t)
@@ -658,15 +545,12 @@ class Client:
         except asyncio.CancelledError:
             if entry is None or not entry[3]:
                 raise  # cancelled by someone else
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            self.stats.timeouts += 1
             raise self._expired(sent, t) from None
         finally:
             if entry is not None:
                 entry[2] = None  # spent: the deadline no longer applies
-            # A reply already freed its session (the protocol pops it).
-            if session and (sessions._waiters or sessions.pending.get(session) is future):  # type: ignore[union-attr]
-                sessions.release(session, future)  # type: ignore[union-attr]
+            if session:  # a reply already freed its session (the protocol pops it)
+                conn.sessions.settle(session, future)  # type: ignore[union-attr]
         size = payload.nbytes if type(payload) is memoryview else len(payload)
         self.methods.get_or_add(wire_id).record(
             status, perf_counter_ns() - started, size, body.nbytes
@@ -703,7 +587,7 @@ class Client:
 
     async def _start_call(
         self, conn: ClientConnection | None, future: _CallResult | None
-    ) -> tuple[ClientConnection, SessionTable, _CallResult, int]:
+    ) -> tuple[ClientConnection, _CallResult, int]:
         """A connection and a session for a call that could not have them at once
         (not connected yet, reconnecting, or every session in flight)."""
         if conn is None or conn.closed:
@@ -717,7 +601,7 @@ class Client:
         if conn.closed:  # lost while we waited to resume (connect, reconnect, session)
             conn.sessions.release(session, future)
             raise ConnectionLost(f"connection to {self.address} lost{self._last_loss}")
-        return conn, conn.sessions, future, session
+        return conn, future, session
 
     def _deadlines(self) -> Deadlines:
         """The client's deadlines (one timer for all its calls, across reconnects)."""
@@ -727,8 +611,11 @@ class Client:
         return deadlines
 
     def _expired(self, sent: bool, timeout: float | None) -> Exception:
-        """What a call whose deadline passed raises: by whether its request was sent,
-        else by what it was waiting for (a connection, or a free session)."""
+        """What a call whose deadline passed raises (its task's cancel taken back): by
+        whether its request was sent, else by what it was waiting for (a connection, or
+        a free session)."""
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        self.stats.timeouts += 1
         if sent:
             return DeadlineExceeded(f"no response within {timeout}s (client timeout)")
         conn = self._conn
@@ -739,9 +626,25 @@ class Client:
         capacity = conn.sessions.capacity
         return DeadlineExceeded(f"no free session within {timeout}s: {capacity} calls in flight")
 
-    async def _send_filtered(
-        self, conn: ClientConnection, session: int, wire_id: int, prefix: bytes, payload: Payload
+    async def _send_with_headers(
+        self,
+        conn: ClientConnection,
+        session: int,
+        wire_id: int,
+        prefix: bytes,
+        payload: Payload,
+        timeout: float | None,
     ) -> None:
+        """Send a request with payload headers (``prefix``; only to a server that reads
+        them) or through the outgoing filters. Its deadline already runs: filters and the
+        probe may be slow, and a deadline that travels (in ``prefix``) must run out here
+        before it does at the server."""
+        if prefix and not conn.peer_headers.reads:
+            prefix = await conn.peer_headers.admit(self, prefix, timeout)
+        if not self.filters:
+            conn.protocol.send_request(session, wire_id, payload, prefix=prefix)
+            conn.queued()
+            return
         body: Payload = prefix + bytes(payload) if prefix else payload
         flags = FLAG_PAYLOAD_HEADERS if prefix else 0
         message = await run_chain(

@@ -287,41 +287,31 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ requests
 
     def event_received(self, event: RequestReceived | OversizedRequest) -> None:
-        """Admit a request and start its call, eagerly: a handler that does not wait
-        runs with no coroutine around it and is answered (``_answer``) before this
-        returns, with no task made."""
-        if type(event) is not RequestReceived and type(event) is not OversizedRequest:
-            server_event(self, event)  # type: ignore[arg-type]  # a stream's frame
-            return
+        """Admit a request and start its call eagerly: a handler that does not wait is
+        answered (``_answer``) before this returns, with no task made."""
+        if type(event) is not RequestReceived:
+            if type(event) is OversizedRequest:
+                return self._too_large(event)
+            return server_event(self, event)  # type: ignore[arg-type]  # a stream's frame
         server = self.server
         server.stats.requests += 1
-        if type(event) is OversizedRequest:
-            return self._too_large(event)
-        assert type(event) is RequestReceived
         handler = server.router.handlers.get(event.meta)
         if handler is None and event.meta == PROBE_WIRE_ID:
             return answer_probe(self, event)  # does this server read payload headers?
         size = event.body.nbytes
         server.stats.bytes_in += HEADER_SIZE + size
-        if handler is None or server.closing or len(server.tasks) >= server.max_concurrent_handlers:
-            refusal = self._refusal(event.meta, handler)
-            if refusal is not None:
-                server.methods.get(event.meta).record(refusal[0], 0, size, 0)
-                event.body.release()
-                self.reply(event.session, *refusal)
-                return
+        busy = server.closing or len(server.tasks) >= server.max_concurrent_handlers
+        if (handler is None or busy) and self._refused(event, handler, size):
+            return
         assert handler is not None
         cost = HEADER_SIZE + size + REQUEST_OVERHEAD
         ctx = CallContext(self.peer, event.meta, event.session, peer_identity=self.identity)
-        # A copy of the connection's own context, not of the current one: a request
-        # pulled when another handler ends runs inside that handler's task and
-        # context, and must not see (or change) its context variables.
+        # A copy of the connection's context, not the current one: a request pulled when
+        # a handler ends runs in that handler's task, and must not see its variables.
         context = self._base_context.copy()
         started = perf_counter_ns()
-        # The coroutine that runs the call up to its outcome: the handler's own (called
-        # in the call's context: a plain-function handler may set context variables),
-        # or one around it when filters apply (``_filtered``: they see the payload
-        # headers first) or a deadline or tracing does (``_invoke``).
+        # The call up to its outcome: the handler's coroutine, or one around it for filters
+        # (``_filtered``: they see payload headers first), a deadline or tracing (``_invoke``).
         call: Coroutine[Any, Any, Any]
         try:
             if server.filters:
@@ -336,24 +326,18 @@ class ServerConnection(Connection):
                 if ctx.deadline is not None or _tracing.active():
                     call = self._invoke(handler, ctx, body)
                 else:
-                    awaitable = context.run(handler, ctx, body)
-                    # Any awaitable will do, as with await.
+                    awaitable = context.run(handler, ctx, body)  # any awaitable, as with await
                     is_coro = type(awaitable) is CoroutineType
                     call = awaitable if is_coro else _awaiting(awaitable)  # type: ignore[assignment]
-        except (Exception, asyncio.CancelledError) as exc:  # bad payload headers, or
-            # a plain-function handler that raised: answered as if raised inside it
-            self._answer(None, exc, ctx, event, size, cost, started, True)
-            return
+        except (Exception, asyncio.CancelledError) as exc:  # headers, or a plain handler raised
+            return self._answer(None, exc, ctx, event, size, cost, started, True)
         try:
             done, value = run_eager(
                 self.loop, call, context, self._answer, ctx, event, size, cost, started, False
             )
             if done:  # returned in its first step (3.11), the usual case: answer now
-                self._answer(value, None, ctx, event, size, cost, started, True)
-                return
-        except Exception:
-            # _answer answers everything it can; this is a bug in smf. Answer and carry
-            # on: a request's failure must not take down its connection.
+                return self._answer(value, None, ctx, event, size, cost, started, True)
+        except Exception:  # _answer answers all it can: a bug in smf, kept to this call
             log.exception("serving %s failed", server.methods.get(event.meta).name)
             self.reply(event.session, Status.INTERNAL_ERROR, "internal error in smf server")
             return
@@ -365,6 +349,7 @@ class ServerConnection(Connection):
 
     def _too_large(self, event: OversizedRequest) -> None:
         stats = self.server.stats
+        stats.requests += 1
         stats.oversized_requests += 1
         stats.bytes_in += HEADER_SIZE  # the body was skipped, never held
         self.reply(
@@ -374,21 +359,26 @@ class ServerConnection(Connection):
             f"{self.server.max_body_size} bytes",
         )
 
-    def _refusal(self, wire_id: int, handler: Handler | None) -> tuple[int, str] | None:
-        """(status, message) if the server will not serve this request now."""
+    def _refused(self, request: RequestReceived, handler: Handler | None, size: int) -> bool:
+        """Answer ``request`` with 404 or 503 if the server will not serve it now."""
         server = self.server
+        wire_id = request.meta
         if handler is None:
             server.stats.no_route += 1
-            return Status.NOT_FOUND, f"no method with wire id {wire_id}"
-        if server.closing and wire_id not in server.always_served:
-            return Status.UNAVAILABLE, "server is shutting down"
-        if len(server.tasks) >= server.max_concurrent_handlers:
+            status, why = Status.NOT_FOUND, f"no method with wire id {wire_id}"
+        elif server.closing and wire_id not in server.always_served:
+            status, why = Status.UNAVAILABLE, "server is shutting down"
+        elif len(server.tasks) >= server.max_concurrent_handlers:
             server.stats.overloaded += 1
             running = len(server.tasks)
-            return Status.UNAVAILABLE, (
-                f"server overloaded: {running} handlers running (max_concurrent_handlers)"
-            )
-        return None
+            status = Status.UNAVAILABLE
+            why = f"server overloaded: {running} handlers running (max_concurrent_handlers)"
+        else:
+            return False
+        server.methods.get(wire_id).record(status, 0, size, 0)
+        request.body.release()
+        self.reply(request.session, status, why)
+        return True
 
     def _answer(
         self,
