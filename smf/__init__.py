@@ -2,7 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .client import DEFAULT, Backoff, Client, ClientStats, Default, SessionTable
+from .backoff import Backoff
+from .client import DEFAULT, Client, ClientStats, Default, SessionTable
 from .context import CallContext
 from .errors import (
     BadRequest,

@@ -45,7 +45,8 @@ from typing import Any, Literal
 from smf_rpc.health.HealthCheckRequest import HealthCheckRequestT
 from smf_rpc.health.HealthCheckResponse import HealthCheckResponse
 
-from .client import DEFAULT, Backoff, Client, Default
+from .backoff import Backoff
+from .client import DEFAULT, Client, Default
 from .errors import ConnectionLost, DeadlineExceeded, NotFound, RpcError, Unimplemented
 from .health import CHECK_WIRE_ID, ServingStatus
 from .metrics import MethodTable
