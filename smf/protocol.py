@@ -1,7 +1,7 @@
 """The smf connection, sans-IO: one object per connection and side (h11's model).
 
 ``ServerProtocol`` and ``ClientProtocol`` own everything about a connection that is
-not I/O: the 16-byte header (packed as ``wire.encode_header`` packs it, parsed and checked by
+not I/O: the 16-byte header (packed by ``wire.encode_header``, parsed and checked by
 ``wire.FrameDecoder``), checksums, payload headers, compression flags, the client's
 session ids, and the bytes waiting to be written. No asyncio and no sockets here:
 
@@ -29,19 +29,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-import xxhash
-
 from . import headers
 from . import streams as _streams
 from .context import ACCEPT_COMPRESSION_HEADER, TIMEOUT_HEADER, CallContext
 from .errors import BadRequest, FrameError, Unsupported
 from .filters.compression import decompress
 from .wire import (
-    ENCODABLE_FLAGS,
     FLAG_PAYLOAD_HEADERS,
-    HEADER,
     HEADER_SIZE,
-    MAX_BODY_SIZE,
     MAX_SESSION,
     STREAM_FLAGS,
     Compression,
@@ -49,9 +44,8 @@ from .wire import (
     FrameDecoder,
     OversizedFrame,
     Payload,
-    checksum_parts,
+    encode_header,
     payload_size,
-    refuse_header,
 )
 
 JOIN_LIMIT: Final = 4096
@@ -61,7 +55,6 @@ of at most this much) rather than as two buffers: uvloop sends a single buffer w
 bodies are never copied."""
 
 _DISABLED: Final = int(Compression.DISABLED)
-_xxh64 = xxhash.xxh64_intdigest
 _STREAM: Final = STREAM_FLAGS  # any of them: a stream frame, or a bad one
 
 
@@ -343,32 +336,25 @@ class _Connection(FrameDecoder):
     ) -> int:
         """Queue one frame (``send_reply``/``send_request``); returns the body's size on
         the wire, 0 once closed. ``prefix`` (payload headers) sets
-        ``FLAG_PAYLOAD_HEADERS`` and goes before ``body``. The header is packed here, as
-        ``wire.encode_header`` packs it (the same checks; a test holds them equal): this
-        runs twice per call, and the call to it cost more than the packing."""
+        ``FLAG_PAYLOAD_HEADERS`` and goes before ``body``."""
         if self.state is _CLOSED:
             return 0
         compression = compression or self._uncompressed
         out = self._out
         if prefix:
             flags |= FLAG_PAYLOAD_HEADERS
-            size = len(prefix) + payload_size(body)
-            csum = checksum_parts(prefix, body)
-        else:
-            size = body.nbytes if type(body) is memoryview else len(body)
-            csum = _xxh64(body) & 0xFFFFFFFF
-        bad_flags = flags & ~ENCODABLE_FLAGS
-        if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or bad_flags:
-            refuse_header(size, meta, compression, flags)
-        header = HEADER.pack(compression, flags, session, size, csum, meta)
-        if prefix:
+            header = encode_header(session, meta, (prefix, body), compression, flags)
             out.append(header + prefix)
             out.append(body)
-        elif size <= JOIN_LIMIT:
-            out.append(header + body)
+            size = len(prefix) + payload_size(body)
         else:
-            out.append(header)
-            out.append(body)
+            header = encode_header(session, meta, body, compression, flags)
+            size = body.nbytes if type(body) is memoryview else len(body)
+            if size <= JOIN_LIMIT:
+                out.append(header + body)
+            else:
+                out.append(header)
+                out.append(body)
         self.bytes_to_send += HEADER_SIZE + size
         return size
 

@@ -47,7 +47,7 @@ _KNOWN_FLAGS: Final = FLAG_PAYLOAD_HEADERS
 STREAM_FLAGS: Final = 0x3E
 """The bits of stream frames (``smf.streams``): accepted only by decoders built with
 ``known_flags`` including them (our own peers), and by ``encode_header``."""
-ENCODABLE_FLAGS: Final = FLAG_PAYLOAD_HEADERS | STREAM_FLAGS
+_ENCODABLE: Final = FLAG_PAYLOAD_HEADERS | STREAM_FLAGS
 
 Payload: TypeAlias = bytes | bytearray | memoryview
 """A finished FlatBuffer (or any body) ready to send; sent as is, never copied."""
@@ -111,13 +111,13 @@ def encode_header(
     else:
         size = body.nbytes if kind is memoryview else len(body)  # type: ignore[union-attr]
         csum = _xxh64(body) & 0xFFFFFFFF  # type: ignore[arg-type]
-    # One test for the usual case; refuse_header names the fault.
-    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~ENCODABLE_FLAGS:
-        refuse_header(size, meta, compression, flags)
+    # One test for the usual case; _refuse names the fault.
+    if not size or size > MAX_BODY_SIZE or not meta or compression & ~3 or flags & ~_ENCODABLE:
+        _refuse(size, meta, compression, flags)
     return HEADER.pack(compression, flags, session, size, csum, meta)
 
 
-def refuse_header(size: int, meta: int, compression: int, flags: int) -> NoReturn:
+def _refuse(size: int, meta: int, compression: int, flags: int) -> NoReturn:
     """Raise the error that names what a header with these fields gets wrong."""
     if not size:
         raise BadSize(0)

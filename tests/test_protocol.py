@@ -229,8 +229,8 @@ def test_a_header_over_parts_equals_the_header_over_their_concatenation(
 def test_a_connection_frames_exactly_as_encode_header_does(
     server: bool, session: int, meta: int, body: bytes, prefix: bytes, compression: int, flags: int
 ) -> None:
-    """The protocol packs its own headers (``_send``, on every call's path); they are
-    encode_header's bytes, and it refuses exactly what encode_header refuses."""
+    """A connection's frames carry encode_header's bytes (a server's uncompressed reply
+    with compression byte 1), and it refuses exactly what encode_header refuses."""
     proto = ServerProtocol(1 << 20, BUF) if server else ClientProtocol(1 << 20, BUF)
     send = proto.send_reply if server else proto.send_request
     # A server's uncompressed reply says so with compression byte 1 (smf.peer).
