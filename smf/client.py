@@ -549,7 +549,7 @@ class Client:
         finally:
             if entry is not None:
                 entry[2] = None  # spent: the deadline no longer applies
-            if session:  # a reply already freed its session (the protocol pops it)
+            if session:  # unless its reply freed it already (the protocol pops it)
                 conn.sessions.settle(session, future)  # type: ignore[union-attr]
         size = payload.nbytes if type(payload) is memoryview else len(payload)
         self.methods.get_or_add(wire_id).record(
